@@ -1,0 +1,26 @@
+"""lambda_kernels: fused kernels for the LambdaNetworks lambda layer (Bello, ICLR 2021).
+
+Public API:
+    LambdaLayer / λLayer      drop-in for lambda_networks.LambdaLayer (same state_dict)
+    lambda_op                 the functional op on (q, keys, values, pos_table, bias)
+    select_backend            which back end lambda_op would use for given inputs
+    available_backends        every back end and why it cannot run here (None = runs)
+    BackendUnavailableError   raised when an explicitly requested back end cannot run
+    reference                 the pure-PyTorch ground truth (module)
+"""
+from . import reference
+from .functional import BackendUnavailableError, available_backends, lambda_op, select_backend
+from .layer import LambdaLayer, λLayer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LambdaLayer",
+    "λLayer",
+    "lambda_op",
+    "select_backend",
+    "available_backends",
+    "BackendUnavailableError",
+    "reference",
+    "__version__",
+]

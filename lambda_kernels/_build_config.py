@@ -1,0 +1,80 @@
+"""Build settings shared by setup.py and the JIT build in _ext.py (one place for flags/sources).
+
+Imported by setup.py before torch.utils.cpp_extension, so it must not import torch at module
+level.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+
+def set_cuda_home_from_nvcc() -> None:
+    """Point CUDA_HOME at the toolkit that owns the nvcc on PATH (nvcc is often a symlink,
+    which makes torch guess a wrong root)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def cuda_wanted() -> tuple[bool, str]:
+    """(build CUDA?, why) from LAMBDA_KERNELS_WITH_CUDA and what is installed, never the GPU."""
+    knob = os.environ.get("LAMBDA_KERNELS_WITH_CUDA", "auto").lower()
+    if knob in ("0", "no", "false", "off"):
+        return False, "LAMBDA_KERNELS_WITH_CUDA=0"
+    import torch
+
+    if torch.version.cuda is None:
+        if knob in ("1", "yes", "true", "on"):
+            raise RuntimeError("LAMBDA_KERNELS_WITH_CUDA=1 but the installed torch has no CUDA")
+        return False, "installed torch is a CPU build"
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else shutil.which("nvcc")
+    if not nvcc or not os.path.exists(nvcc):
+        if knob in ("1", "yes", "true", "on"):
+            raise RuntimeError("LAMBDA_KERNELS_WITH_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        return False, "nvcc not found"
+    return True, f"torch {torch.__version__} with CUDA {torch.version.cuda}, nvcc at {nvcc}"
+
+
+def cuda_arch_list() -> str:
+    return os.environ.get("LAMBDA_KERNELS_CUDA_ARCHS", "8.0;9.0")
+
+
+def sources(root: str, with_cuda: bool) -> list[str]:
+    csrc = os.path.join(root, "csrc")
+    files = [os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    if with_cuda:
+        files += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+    return files
+
+
+def include_dirs(root: str, with_cuda: bool) -> list[str]:
+    dirs = [os.path.join(root, "csrc")]
+    if with_cuda:
+        # Headers of the pip `nvidia` packages torch depends on (e.g. cusparse.h, which
+        # ATen/cuda headers include and a bare system toolkit may lack).
+        try:
+            import nvidia
+
+            for base in nvidia.__path__:
+                dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+                dirs += sorted(glob.glob(os.path.join(base, "*", "include")))
+        except ImportError:
+            pass
+    return dirs
+
+
+def cxx_flags() -> list[str]:
+    flags = ["-O3", "-fopenmp", "-DNDEBUG"]
+    # Vectorise for the build machine unless a portable build is asked for.
+    if os.environ.get("LAMBDA_KERNELS_PORTABLE", "0") != "1":
+        flags.append("-march=native")
+    return flags
+
+
+def nvcc_flags() -> list[str]:
+    return ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DNDEBUG"]
