@@ -10,14 +10,35 @@ import os
 import shutil
 
 
+def _toolkit_roots_of(nvcc: str) -> list[str]:
+    """Candidate toolkit roots for an nvcc on PATH: its real location, or, for a wrapper
+    script (`exec /usr/local/cuda-13.0/bin/nvcc "$@"`), the nvcc it runs."""
+    real = os.path.realpath(nvcc)
+    roots = [os.path.dirname(os.path.dirname(real))]
+    try:
+        with open(real, "rb") as fh:
+            head = fh.read(4096)
+        if head.startswith(b"#!"):
+            for token in head.decode(errors="ignore").split():
+                if token.endswith("/bin/nvcc") and os.path.isabs(token):
+                    roots.append(os.path.dirname(os.path.dirname(os.path.realpath(token))))
+    except OSError:
+        pass
+    return roots + ["/usr/local/cuda"]
+
+
 def set_cuda_home_from_nvcc() -> None:
-    """Point CUDA_HOME at the toolkit that owns the nvcc on PATH (nvcc is often a symlink,
-    which makes torch guess a wrong root)."""
+    """Point CUDA_HOME at the toolkit that owns the nvcc on PATH. nvcc is often a symlink or a
+    wrapper script, which makes torch guess a wrong root."""
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         return
     nvcc = shutil.which("nvcc")
-    if nvcc:
-        os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if not nvcc:
+        return
+    for root in _toolkit_roots_of(nvcc):
+        if os.path.exists(os.path.join(root, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = root
+            return
 
 
 def cuda_wanted() -> tuple[bool, str]:

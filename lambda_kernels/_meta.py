@@ -1,5 +1,7 @@
-"""Output shapes of the lambda ops, used as their fake (meta) implementations so that
-torch.compile and opcheck can trace them without running a kernel."""
+"""Registrations of the C++ lambda ops made from Python: fake (meta) implementations, so that
+torch.compile and opcheck can trace them without running a kernel, and autograd formulas for
+the two forward ops, so that calling torch.ops.lambda_kernels.* directly is differentiable too
+(the layer goes through functional.LambdaFunction, which calls the backward ops itself)."""
 from __future__ import annotations
 
 import torch
@@ -37,6 +39,29 @@ def lambda_output_backward(dy, q, values, pos_table, lam):
     )
 
 
+def _content_lambda_setup(ctx, inputs, output):
+    keys, values = inputs
+    ctx.save_for_backward(keys, values, output[1])
+
+
+def _content_lambda_backward(ctx, d_lam_c, d_stats):
+    keys, values, stats = ctx.saved_tensors
+    d_keys, d_values = torch.ops.lambda_kernels.content_lambda_backward(d_lam_c, keys, values,
+                                                                        stats)
+    if d_stats is not None:  # d lse / d keys = σ
+        sigma = torch.exp(keys.to(stats.dtype) - stats[..., None, None])
+        d_keys = d_keys + (sigma * d_stats[..., None, None]).to(d_keys.dtype)
+    return d_keys, d_values
+
+
+def _lambda_output_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _lambda_output_backward(ctx, dy):
+    return torch.ops.lambda_kernels.lambda_output_backward(dy.contiguous(), *ctx.saved_tensors)
+
+
 _registered = False
 
 
@@ -46,4 +71,8 @@ def register_fake_impls() -> None:
         return
     for name in OP_NAMES:
         torch.library.register_fake(f"lambda_kernels::{name}")(globals()[name])
+    torch.library.register_autograd("lambda_kernels::content_lambda", _content_lambda_backward,
+                                    setup_context=_content_lambda_setup)
+    torch.library.register_autograd("lambda_kernels::lambda_output", _lambda_output_backward,
+                                    setup_context=_lambda_output_setup)
     _registered = True
