@@ -44,7 +44,7 @@ class Backend:
 
 _REGISTRY: dict[str, Backend] = {}
 # Modules that register the built-in back ends, imported lazily on first registry access.
-_BUILTIN = ("reference", "cpp")
+_BUILTIN = ("reference", "cpp", "triton")
 _loaded = False
 
 

@@ -1,0 +1,97 @@
+"""The Triton back end: fused Triton kernels (lambda_kernels/triton) registered as torch.library
+triton_ops, so they compose with torch.compile.
+
+Runs on CUDA tensors (float16, bfloat16, float32), and on CPU tensors through the Triton
+interpreter when TRITON_INTERPRET=1 was set before triton was imported (float32 and float16:
+the interpreter cannot do bfloat16 arithmetic). Slow on CPU: meant for testing.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from . import Backend, FusedOps, dtype_reason, register
+
+_GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_INTERPRETER_DTYPES = (torch.float16, torch.float32)
+
+
+def _triton_import_reason():
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"triton is not importable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _env_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def interpreter_active() -> bool:
+    """Whether our kernels run under the Triton CPU interpreter: decided when they were
+    decorated (package import); before that, by TRITON_INTERPRET now."""
+    package = sys.modules.get("lambda_kernels.triton")
+    if package is not None and hasattr(package, "INTERPRETED"):
+        return bool(package.INTERPRETED)
+    return _env_interpret()
+
+
+def _interpreter_reason():
+    """Why the interpreter cannot run our kernels in this process, or None."""
+    package = sys.modules.get("lambda_kernels.triton")
+    if package is not None and getattr(package, "INTERPRETER_BROKEN", None):
+        return package.INTERPRETER_BROKEN
+    if package is None and "triton.language" in sys.modules:
+        import triton.language as tl
+        if type(tl.zeros).__name__ != "InterpretedFunction":
+            return ("triton was imported before TRITON_INTERPRET=1 was set; set it before "
+                    "anything imports triton")
+    return None
+
+
+def _can_run(q, keys, values, pos_table, bias):
+    # Cheap checks first: never import triton (which fixes the interpreter mode for the whole
+    # process) just to answer for a device or mode that cannot run anyway.
+    device = q.device.type
+    if device == "cpu":
+        if not interpreter_active():
+            return "set TRITON_INTERPRET=1 to run Triton on CPU tensors"
+        reason = _triton_import_reason() or _interpreter_reason()
+        if reason is not None:
+            return reason
+        if q.dtype not in _INTERPRETER_DTYPES:
+            return (f"dtype {q.dtype} unsupported by the Triton CPU interpreter "
+                    "(supports torch.float16, torch.float32)")
+        return None
+    if device != "cuda":
+        return f"runs on cuda tensors (or cpu tensors under TRITON_INTERPRET=1), got {device}"
+    reason = _triton_import_reason()
+    if reason is not None:
+        return reason
+    if interpreter_active():
+        return ("the Triton kernels were loaded under TRITON_INTERPRET=1 (CPU interpreter); "
+                "unset it to run on CUDA tensors")
+    if not torch.cuda.is_available():
+        return "no CUDA device available"
+    return dtype_reason(BACKEND, q.dtype)
+
+
+def _ops() -> FusedOps:
+    from ..triton import ops
+    return FusedOps(ops.content_lambda, ops.content_lambda_backward, ops.lambda_output,
+                    ops.lambda_output_backward)
+
+
+BACKEND = Backend(
+    name="triton",
+    description="fused Triton kernels (CUDA; CPU tensors under TRITON_INTERPRET=1)",
+    priority=5,
+    auto_devices=("cuda",),
+    can_run=_can_run,
+    ops=_ops,
+    dtypes=_GPU_DTYPES,
+)
+register(BACKEND)

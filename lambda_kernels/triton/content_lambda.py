@@ -1,0 +1,201 @@
+"""Content lambda, forward and backward, as Triton kernels.
+
+Math (keys (B,u,k,N), values (B,u,v,N), N = H·W positions; σ = softmax of keys over N):
+
+    forward    λc[b,k,v]     = Σ_u Σ_m σ[b,u,k,m] · values[b,u,v,m]
+               stats[b,u,k]  = log Σ_m exp(keys[b,u,k,m])           (log-sum-exp, float32)
+    backward   σ[b,u,k,m]    = exp(keys[b,u,k,m] − stats[b,u,k])    (recomputed, never stored)
+               dσ[b,u,k,m]   = Σ_v dλc[b,k,v] · values[b,u,v,m]
+               D[b,u,k]      = Σ_m σ · dσ
+               dkeys         = σ · (dσ − D)
+               dvalues[b,u,v,m] = Σ_k σ[b,u,k,m] · dλc[b,k,v]
+
+The forward is an online softmax (running max and running sum per (b,u,k), rescaling the
+accumulator like flash attention) fused with the contraction against values: σ is never written
+to memory, only the log-sum-exp. Accumulation is float32 for every input dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (INTERPRETED, channel_block, dot_allowed, dot_precision, matmul_tile,
+                      position_block)
+
+
+def _fwd_configs():
+    if INTERPRETED:
+        return [triton.Config({}, num_warps=4)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
+
+
+@triton.autotune(configs=_fwd_configs(), key=["U", "K", "V", "N"])
+@triton.jit
+def content_lambda_fwd_kernel(
+    keys_ptr, values_ptr, lam_ptr, stats_ptr,
+    U, K, V, N,
+    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program: batch b, a tile of k and a tile of v; loops over u and positions."""
+    b = tl.program_id(0)
+    k_tile = tl.program_id(1)
+    v_tile = tl.program_id(2)
+    offs_k = k_tile * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_v = v_tile * BLOCK_V + tl.arange(0, BLOCK_V)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_k = offs_k < K
+    mask_v = offs_v < V
+
+    lam = tl.zeros((BLOCK_K, BLOCK_V), dtype=tl.float32)
+    for u in range(U):
+        keys_base = keys_ptr + (b * U + u).to(tl.int64) * K * N
+        values_base = values_ptr + (b * U + u).to(tl.int64) * V * N
+        row_max = tl.full((BLOCK_K,), float("-inf"), dtype=tl.float32)
+        row_sum = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_K, BLOCK_V), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            n = n0 + offs_n
+            mask_n = n < N
+            logits = tl.load(keys_base + offs_k[:, None] * N + n[None, :],
+                             mask=mask_k[:, None] & mask_n[None, :],
+                             other=float("-inf")).to(tl.float32)
+            new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            rescale = tl.exp(row_max - safe_max)
+            p = tl.exp(logits - safe_max[:, None])
+            row_sum = row_sum * rescale + tl.sum(p, axis=1)
+            vals_t = tl.load(values_base + offs_v[None, :] * N + n[:, None],
+                             mask=mask_n[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
+            acc = acc * rescale[:, None] + matmul_tile(p, vals_t, USE_DOT, PRECISION)
+            row_max = new_max
+        safe_sum = tl.where(row_sum > 0, row_sum, 1.0)
+        lam += acc / safe_sum[:, None]
+        log_sum_exp = row_max + tl.log(safe_sum)
+        tl.store(stats_ptr + (b * U + u) * K + offs_k, log_sum_exp, mask=mask_k & (v_tile == 0))
+    lam_ptrs = lam_ptr + b.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
+    tl.store(lam_ptrs, lam.to(lam_ptr.dtype.element_ty), mask=mask_k[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def content_lambda_bwd_rowdot_kernel(
+    d_lam_ptr, keys_ptr, values_ptr, stats_ptr, rowdot_ptr,
+    U, K, V, N,
+    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """D[b,u,k] = Σ_m σ[b,u,k,m]·dσ[b,u,k,m]; one program per (b, u), all k and v."""
+    bu = tl.program_id(0)
+    b = bu // U
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_v = tl.arange(0, BLOCK_V)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_k = offs_k < K
+    mask_v = offs_v < V
+    d_lam = tl.load(d_lam_ptr + b * K * V + offs_k[:, None] * V + offs_v[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
+    lse = tl.load(stats_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
+    keys_base = keys_ptr + bu.to(tl.int64) * K * N
+    values_base = values_ptr + bu.to(tl.int64) * V * N
+    rowdot = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + offs_n
+        mask_n = n < N
+        mask_kn = mask_k[:, None] & mask_n[None, :]
+        logits = tl.load(keys_base + offs_k[:, None] * N + n[None, :], mask=mask_kn,
+                         other=0.0).to(tl.float32)
+        sigma = tl.where(mask_kn, tl.exp(logits - lse[:, None]), 0.0)
+        vals = tl.load(values_base + offs_v[:, None] * N + n[None, :],
+                       mask=mask_v[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        d_sigma = matmul_tile(d_lam, vals, USE_DOT, PRECISION)
+        rowdot += tl.sum(sigma * d_sigma, axis=1)
+    tl.store(rowdot_ptr + bu * K + offs_k, rowdot, mask=mask_k)
+
+
+@triton.jit
+def content_lambda_bwd_kernel(
+    d_lam_ptr, keys_ptr, values_ptr, stats_ptr, rowdot_ptr, d_keys_ptr, d_values_ptr,
+    U, K, V, N,
+    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """dkeys = σ(dσ − D) and dvalues = Σ_k σ·dλc for one (b, u) and a tile of positions."""
+    bu = tl.program_id(0)
+    n_tile = tl.program_id(1)
+    b = bu // U
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_v = tl.arange(0, BLOCK_V)
+    n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_k = offs_k < K
+    mask_v = offs_v < V
+    mask_n = n < N
+    mask_kn = mask_k[:, None] & mask_n[None, :]
+    mask_vn = mask_v[:, None] & mask_n[None, :]
+    d_lam = tl.load(d_lam_ptr + b * K * V + offs_k[:, None] * V + offs_v[None, :],
+                    mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
+    d_lam_t = tl.load(d_lam_ptr + b * K * V + offs_k[None, :] * V + offs_v[:, None],
+                      mask=mask_k[None, :] & mask_v[:, None], other=0.0).to(tl.float32)
+    lse = tl.load(stats_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
+    rowdot = tl.load(rowdot_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
+    keys_base = keys_ptr + bu.to(tl.int64) * K * N
+    values_base = values_ptr + bu.to(tl.int64) * V * N
+    logits = tl.load(keys_base + offs_k[:, None] * N + n[None, :], mask=mask_kn,
+                     other=0.0).to(tl.float32)
+    sigma = tl.where(mask_kn, tl.exp(logits - lse[:, None]), 0.0)
+    vals = tl.load(values_base + offs_v[:, None] * N + n[None, :], mask=mask_vn,
+                   other=0.0).to(tl.float32)
+    d_sigma = matmul_tile(d_lam, vals, USE_DOT, PRECISION)
+    d_keys = sigma * (d_sigma - rowdot[:, None])
+    tl.store(d_keys_ptr + bu.to(tl.int64) * K * N + offs_k[:, None] * N + n[None, :],
+             d_keys.to(d_keys_ptr.dtype.element_ty), mask=mask_kn)
+    d_vals = matmul_tile(d_lam_t, sigma, USE_DOT, PRECISION)
+    tl.store(d_values_ptr + bu.to(tl.int64) * V * N + offs_v[:, None] * N + n[None, :],
+             d_vals.to(d_values_ptr.dtype.element_ty), mask=mask_vn)
+
+
+def _sizes(keys, values):
+    b, u, k = keys.shape[:3]
+    v = values.shape[2]
+    n = keys[0, 0, 0].numel()
+    return b, u, k, v, n
+
+
+def content_lambda(keys: torch.Tensor, values: torch.Tensor, launch=lambda kernel: kernel):
+    """(λc (B,k,v) in the input dtype, stats (B,u,k) float32 log-sum-exp)."""
+    keys = keys.contiguous()
+    values = values.contiguous()
+    b, u, k, v, n = _sizes(keys, values)
+    lam_c = keys.new_empty((b, k, v))
+    stats = keys.new_empty((b, u, k), dtype=torch.float32)
+    block_k = min(channel_block(k), 64)
+    block_v = min(channel_block(v), 64)
+    block_n = position_block(n)
+    grid = (b, triton.cdiv(k, block_k), triton.cdiv(v, block_v))
+    launch(content_lambda_fwd_kernel)[grid](
+        keys, values, lam_c, stats, u, k, v, n,
+        BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
+        USE_DOT=dot_allowed(), PRECISION=dot_precision(keys.dtype))
+    return lam_c, stats
+
+
+def content_lambda_backward(d_lam_c, keys, values, stats, launch=lambda kernel: kernel):
+    """(dkeys, dvalues) of λc, given dλc (B,k,v) and the forward's log-sum-exp stats."""
+    d_lam_c = d_lam_c.contiguous()
+    keys = keys.contiguous()
+    values = values.contiguous()
+    stats = stats.contiguous()
+    b, u, k, v, n = _sizes(keys, values)
+    d_keys = torch.empty_like(keys, memory_format=torch.contiguous_format)
+    d_values = torch.empty_like(values, memory_format=torch.contiguous_format)
+    rowdot = keys.new_empty((b, u, k), dtype=torch.float32)
+    block_k = channel_block(k)
+    block_v = channel_block(v)
+    block_n = position_block(n, cap=max(16, min(64, 8192 // max(block_k, block_v))))
+    meta = dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n, USE_DOT=dot_allowed(),
+                PRECISION=dot_precision(keys.dtype))
+    launch(content_lambda_bwd_rowdot_kernel)[(b * u,)](
+        d_lam_c, keys, values, stats, rowdot, u, k, v, n, **meta)
+    launch(content_lambda_bwd_kernel)[(b * u, triton.cdiv(n, block_n))](
+        d_lam_c, keys, values, stats, rowdot, d_keys, d_values, u, k, v, n, **meta)
+    return d_keys, d_values

@@ -1,0 +1,60 @@
+"""The Triton kernel families as torch.library ops, so torch.compile / torch.export trace them
+and fake tensors get shapes without running a kernel:
+
+    lambda_kernels_triton::content_lambda(keys, values) -> (lam_c, stats)
+    lambda_kernels_triton::content_lambda_backward(d_lam_c, keys, values, stats)
+        -> (d_keys, d_values)
+    lambda_kernels_triton::lambda_output(q, values, pos_table, lam) -> y
+    lambda_kernels_triton::lambda_output_backward(dy, q, values, pos_table, lam)
+        -> (dq, d_values, d_pos_table, d_lam)
+
+Compiled kernels: torch.library.triton_op with every launch through wrap_triton, so the compiler
+sees (and can optimise around) the kernels; the fake implementation is the traced body itself.
+Under the Triton interpreter (TRITON_INTERPRET=1), wrap_triton cannot trace interpreted kernels,
+so the same bodies are registered as opaque torch.library.custom_op's with the fake
+implementations of lambda_kernels._meta: torch.compile still works, treating them as black boxes.
+"""
+from __future__ import annotations
+
+import torch
+from torch.library import triton_op, wrap_triton
+
+from .. import _meta
+from ._common import INTERPRETED
+from . import content_lambda as _content
+from . import lambda_output as _output
+
+NAMESPACE = "lambda_kernels_triton"
+
+
+def _register(fn):
+    name = f"{NAMESPACE}::{fn.__name__}"
+    if not INTERPRETED:
+        return triton_op(name, mutates_args=())(fn)
+    op = torch.library.custom_op(name, mutates_args=())(fn)
+    op.register_fake(getattr(_meta, fn.__name__))
+    return op
+
+
+@_register
+def content_lambda(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _content.content_lambda(keys, values, launch=wrap_triton)
+
+
+@_register
+def content_lambda_backward(d_lam_c: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                            stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _content.content_lambda_backward(d_lam_c, keys, values, stats, launch=wrap_triton)
+
+
+@_register
+def lambda_output(q: torch.Tensor, values: torch.Tensor, pos_table: torch.Tensor,
+                  lam: torch.Tensor) -> torch.Tensor:
+    return _output.lambda_output(q, values, pos_table, lam, launch=wrap_triton)
+
+
+@_register
+def lambda_output_backward(dy: torch.Tensor, q: torch.Tensor, values: torch.Tensor,
+                           pos_table: torch.Tensor, lam: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _output.lambda_output_backward(dy, q, values, pos_table, lam, launch=wrap_triton)

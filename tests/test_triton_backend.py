@@ -1,0 +1,380 @@
+"""The Triton back end against the float64 reference: outputs and every gradient (q, keys, values,
+pos_table, bias), determinism, back-end selection reasons, the LambdaLayer.
+
+Without a GPU the kernels run on CPU tensors through the Triton interpreter (TRITON_INTERPRET=1,
+float32 and float16). Triton fixes the interpreter mode when it (and our kernels) are imported:
+this module sets TRITON_INTERPRET=1 before that when no CUDA device exists. If something imported
+triton earlier without it, the interpreter tests run in a fresh `python -m pytest` subprocess
+with the variable set from the start instead.
+The variable stays set for the rest of the session (the interpreter reads it while running).
+
+With a GPU the same sweep runs on CUDA tensors in float32, float16 and bfloat16, plus
+torch.compile, opcheck and a peak-memory check.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+
+_HAS_CUDA = torch.cuda.is_available()
+# The interpreter must be on before triton itself is imported (triton.language's helpers are
+# decorated then too), so only set it while nothing has imported triton yet.
+_SET_INTERPRET = (not _HAS_CUDA and "triton" not in sys.modules
+                  and os.environ.get("TRITON_INTERPRET") is None)
+if _SET_INTERPRET:
+    os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
+
+import pytest  # noqa: E402
+
+from helpers import as_float64, make_inputs  # noqa: E402
+
+from lambda_kernels import BackendUnavailableError, LambdaLayer, lambda_op, reference  # noqa: E402
+from lambda_kernels.backends import triton as triton_backend  # noqa: E402
+
+try:
+    import lambda_kernels.triton as lk_triton  # noqa: E402
+    _IMPORT_ERROR = None
+except Exception as exc:  # triton missing or broken
+    lk_triton = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+# TRITON_INTERPRET stays set: the interpreter reads it again while running kernels. Without CUDA
+# no other Triton kernel of the test suite could be compiled anyway.
+
+INTERPRETED = (lk_triton is not None and lk_triton.INTERPRETED
+               and lk_triton.INTERPRETER_BROKEN is None)
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETED, reason="Triton kernels not loaded under TRITON_INTERPRET=1 in this process "
+    "(see test_interpreter_suite_in_subprocess)" if lk_triton is not None else _IMPORT_ERROR)
+needs_cuda = pytest.mark.skipif(not _HAS_CUDA or INTERPRETED or lk_triton is None,
+                                reason="needs a CUDA device and compiled Triton kernels")
+
+# Relative tolerance against the float64 reference, scaled by the reference's largest magnitude.
+SCALED_TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+# (batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw, bias): odd sizes, H or W = 1,
+# windows larger than the image, global-context-sized tables, u > 1, heads = 1.
+CASES = {
+    "base": (2, 2, 4, 1, 4, 7, 5, 3, 3, True),
+    "h1_row": (2, 1, 4, 1, 4, 1, 5, 3, 3, False),
+    "w1_r_gt_h": (2, 2, 3, 2, 5, 4, 1, 5, 3, True),
+    "u3_k5_v3_rect_table": (2, 3, 5, 3, 3, 5, 4, 3, 5, True),
+    "global_table": (2, 2, 4, 2, 4, 3, 4, 5, 7, False),
+    "window_exceeds_image": (1, 2, 4, 2, 6, 2, 3, 7, 9, True),
+}
+FAST_CASES = ["base", "u3_k5_v3_rect_table"]
+
+
+def _make(case, dtype, device, seed=0):
+    b, h, k, u, v, hh, ww, rh, rw, bias = CASES[case]
+    return make_inputs(batch=b, heads=h, dim_k=k, dim_u=u, dim_v=v, height=hh, width=ww, rh=rh,
+                       rw=rw, bias=bias, dtype=dtype, device=device, requires_grad=True,
+                       seed=seed)
+
+
+def _run(inputs, dy=None):
+    y = lambda_op(*inputs, backend="triton")
+    if dy is None:
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64).to(y)
+    grads = torch.autograd.grad(y, [t for t in inputs if t is not None], dy)
+    return y, grads, dy
+
+
+def _reference(inputs, dy):
+    ref_inputs = as_float64(inputs)
+    y = reference.lambda_reference(*ref_inputs)
+    grads = torch.autograd.grad(y, [t for t in ref_inputs if t is not None], dy.double())
+    return y, grads
+
+
+def _assert_close(name, actual, expected, tol):
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype != torch.float64
+    err = (actual.double() - expected).abs().max().item()
+    scale = max(1.0, expected.abs().max().item())
+    assert err <= tol * scale, f"{name}: max error {err:.3e} > {tol:.1e} × scale {scale:.2f}"
+
+
+def _check_against_reference(case, dtype, device):
+    inputs = _make(case, dtype, device)
+    y, grads, dy = _run(inputs)
+    y_ref, grads_ref = _reference(inputs, dy)
+    tol = SCALED_TOL[dtype]
+    _assert_close("y", y, y_ref, tol)
+    names = ["dq", "dkeys", "dvalues", "dpos_table", "dbias"]
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        _assert_close(name, g, g_ref, tol)
+
+
+# ------------------------------------------------------------------ CPU interpreter
+@needs_interpreter
+@pytest.mark.parametrize("case", list(CASES))
+def test_interpreter_matches_reference_fp32(case):
+    _check_against_reference(case, torch.float32, "cpu")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", FAST_CASES)
+def test_interpreter_matches_reference_fp16(case):
+    _check_against_reference(case, torch.float16, "cpu")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", FAST_CASES)
+def test_interpreter_tl_dot_path(case, monkeypatch):
+    """The GPU code path (tiles padded to 16, tl.dot) run through the interpreter."""
+    monkeypatch.setenv("LAMBDA_KERNELS_TRITON_FORCE_DOT", "1")
+    _check_against_reference(case, torch.float32, "cpu")
+
+
+@needs_interpreter
+def test_interpreter_backward_deterministic():
+    inputs = _make("global_table", torch.float32, "cpu")
+    _, first, dy = _run(inputs)
+    torch.use_deterministic_algorithms(True)
+    try:
+        _, second, _ = _run(inputs, dy)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for g1, g2 in zip(first, second):
+        assert torch.equal(g1, g2)
+
+
+@needs_interpreter
+def test_interpreter_layer_local_and_global():
+    for kwargs in (dict(r=3, dim_u=2), dict(n=7)):
+        torch.manual_seed(0)
+        layer = LambdaLayer(8, dim_k=4, heads=2, dim_out=8, backend="triton", **kwargs)
+        ref_layer = LambdaLayer(8, dim_k=4, heads=2, dim_out=8, backend="reference", **kwargs)
+        ref_layer.load_state_dict(layer.state_dict())
+        x = torch.randn(2, 8, 7, 5)
+        y = layer(x)
+        assert layer.last_backend == "triton"
+        y_ref = ref_layer(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+        y.square().sum().backward()
+        y_ref.square().sum().backward()
+        for (name, p), p_ref in zip(layer.named_parameters(), ref_layer.parameters()):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-3, atol=1e-3, msg=name)
+
+
+@needs_interpreter
+def test_interpreter_ops_are_library_ops():
+    ns = getattr(torch.ops, lk_triton.NAMESPACE)
+    keys = torch.randn(2, 2, 3, 4, 5)
+    values = torch.randn(2, 2, 4, 4, 5)
+    lam_c, stats = ns.content_lambda(keys, values)
+    assert stats.dtype == torch.float32 and stats.shape == (2, 2, 3)
+    torch.testing.assert_close(lam_c, reference.content_lambda(keys, values))
+    torch.testing.assert_close(stats, keys.flatten(3).logsumexp(-1))
+
+
+@needs_interpreter
+def test_interpreter_opcheck():
+    """Schemas and fake (meta) implementations of the ops; torch.library.opcheck."""
+    ns = getattr(torch.ops, lk_triton.NAMESPACE)
+    q, keys, values, table, _ = make_inputs(batch=1, heads=1, dim_u=1, height=3, width=2,
+                                            dtype=torch.float32, seed=2)
+    lam_c, stats = ns.content_lambda(keys, values)
+    y = ns.lambda_output(q, values, table, lam_c)
+    samples = [
+        (ns.content_lambda, (keys, values)),
+        (ns.content_lambda_backward, (torch.randn_like(lam_c), keys, values, stats)),
+        (ns.lambda_output, (q, values, table, lam_c)),
+        (ns.lambda_output_backward, (torch.randn_like(y), q, values, table, lam_c)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+@needs_interpreter
+def test_interpreter_torch_compile_aot_eager():
+    from lambda_kernels.functional import LambdaFunction
+
+    inputs = _make("base", torch.float32, "cpu")
+
+    def fn(*args):
+        return LambdaFunction.apply(*args, "triton")
+
+    lambda_op(*inputs, backend="triton")  # loads the registry outside the compiled region
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    y = compiled(*inputs)
+    y_eager = fn(*inputs)
+    torch.testing.assert_close(y, y_eager)
+    for g, g_eager in zip(torch.autograd.grad(y.square().sum(), inputs),
+                          torch.autograd.grad(y_eager.square().sum(), inputs)):
+        torch.testing.assert_close(g, g_eager)
+
+
+@needs_interpreter
+def test_interpreter_refuses_bfloat16():
+    inputs = make_inputs(dtype=torch.bfloat16)
+    reason = triton_backend.BACKEND.can_run(*inputs)
+    assert reason is not None and "bfloat16" in reason
+    with pytest.raises(BackendUnavailableError, match="interpreter"):
+        lambda_op(*inputs, backend="triton")
+
+
+@pytest.mark.skipif(_HAS_CUDA or INTERPRETED or os.environ.get("LAMBDA_KERNELS_TRITON_WORKER")
+                    == "1" or lk_triton is None,
+                    reason="the interpreter tests already ran in this process (or need no "
+                    "subprocess)")
+def test_interpreter_suite_in_subprocess():
+    """The kernels were imported compiled before this module could set TRITON_INTERPRET=1: run
+    the interpreter tests in a fresh process where it is set from the start."""
+    env = dict(os.environ, TRITON_INTERPRET="1", LAMBDA_KERNELS_TRITON_WORKER="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           os.path.abspath(__file__), "-k", "interpreter"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+def test_kernels_compile_for_gpu_without_gpu():
+    """Every kernel compiles to a cubin for sm_80 and sm_90 in fp32/fp16/bf16 with the tl.dot
+    path (no GPU needed: Triton ships ptxas); run in a subprocess without the interpreter."""
+    if lk_triton is None:
+        pytest.skip(_IMPORT_ERROR)
+    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for arch in ("80", "90"):
+        proc = subprocess.run([sys.executable, "-m", "lambda_kernels.triton.compile_check",
+                               "--arch", arch], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert proc.stdout.count("ok  sm_") == 24
+
+
+# ------------------------------------------------------------------ selection reasons
+def test_reason_without_interpreter(monkeypatch):
+    if lk_triton is None:
+        pytest.skip(_IMPORT_ERROR)
+    monkeypatch.setattr(triton_backend, "interpreter_active", lambda: False)
+    reason = triton_backend.BACKEND.can_run(*make_inputs(dtype=torch.float32))
+    assert reason == "set TRITON_INTERPRET=1 to run Triton on CPU tensors"
+
+
+def test_reason_triton_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
+    reason = triton_backend.BACKEND.can_run(*make_inputs(dtype=torch.float32))
+    assert reason is not None and "triton is not importable" in reason
+
+
+def test_reason_other_device():
+    probe = [torch.zeros(1, 1, 1, 1, 1, device="meta")] * 3 + [
+        torch.zeros(1, 1, 1, 1, device="meta")]
+    reason = triton_backend.BACKEND.can_run(*probe, None)
+    if lk_triton is not None:
+        assert reason is not None and "meta" in reason
+
+
+def test_registered_with_priority_5():
+    from lambda_kernels import backends
+    backend = backends.get("triton")
+    assert backend.priority == 5 and backend.auto_devices == ("cuda",)
+    assert "triton" in backends.names()
+
+
+# ------------------------------------------------------------------ CUDA
+CUDA_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_cuda_matches_reference(case, dtype):
+    _check_against_reference(case, dtype, "cuda")
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", CUDA_DTYPES, ids=str)
+def test_cuda_larger_shape(dtype):
+    inputs = make_inputs(batch=2, heads=4, dim_k=16, dim_u=2, dim_v=40, height=19, width=23,
+                         rh=7, rw=7, dtype=dtype, device="cuda", requires_grad=True, seed=3)
+    y, grads, dy = _run(inputs)
+    y_ref, grads_ref = _reference(inputs, dy)
+    tol = SCALED_TOL[dtype] * (4 if dtype != torch.float32 else 10)
+    _assert_close("y", y, y_ref, tol)
+    for name, g, g_ref in zip(["dq", "dkeys", "dvalues", "dpos_table", "dbias"], grads,
+                              grads_ref):
+        _assert_close(name, g, g_ref, tol)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_backward_deterministic():
+    inputs = make_inputs(batch=3, heads=2, dim_k=16, dim_u=2, dim_v=24, height=31, width=29,
+                         rh=15, rw=15, dtype=torch.float32, device="cuda", requires_grad=True)
+    _, first, dy = _run(inputs)
+    torch.use_deterministic_algorithms(True)
+    try:
+        _, second, _ = _run(inputs, dy)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for g1, g2 in zip(first, second):
+        assert torch.equal(g1, g2)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_opcheck():
+    ns = getattr(torch.ops, lk_triton.NAMESPACE)
+    q, keys, values, table, _ = make_inputs(dtype=torch.float32, device="cuda")
+    lam_c, stats = ns.content_lambda(keys, values)
+    y = ns.lambda_output(q, values, table, lam_c)
+    samples = [
+        (ns.content_lambda, (keys, values)),
+        (ns.content_lambda_backward, (torch.randn_like(lam_c), keys, values, stats)),
+        (ns.lambda_output, (q, values, table, lam_c)),
+        (ns.lambda_output_backward, (torch.randn_like(y), q, values, table, lam_c)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_torch_compile():
+    """The ops are triton_ops: inductor traces into them (fullgraph, forward and backward)."""
+    from lambda_kernels.functional import LambdaFunction
+
+    inputs = _make("base", torch.float32, "cuda")
+
+    def fn(*args):
+        return LambdaFunction.apply(*args, "triton")
+
+    y_eager = lambda_op(*inputs, backend="triton")  # loads the registry outside the graph
+    compiled = torch.compile(fn, fullgraph=True)
+    y = compiled(*inputs)
+    torch.testing.assert_close(y, y_eager, rtol=1e-5, atol=1e-5)
+    for g, g_eager in zip(torch.autograd.grad(y.square().sum(), inputs),
+                          torch.autograd.grad(y_eager.square().sum(), inputs)):
+        torch.testing.assert_close(g, g_eager, rtol=1e-4, atol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_never_allocates_positional_lambda():
+    """Peak memory of forward + backward beyond inputs, outputs and gradients stays far below one
+    λp (B·N·k·v) or all-logits (B·h·N·r²) tensor."""
+    b, h, k, u, v, hh, ww, r = 2, 2, 16, 1, 128, 48, 48, 41
+    inputs = make_inputs(batch=b, heads=h, dim_k=k, dim_u=u, dim_v=v, height=hh, width=ww, rh=r,
+                         rw=r, dtype=torch.float32, device="cuda", requires_grad=True)
+    n = hh * ww
+    big = min(b * n * k * v, b * h * n * r * r) * 4
+    # y, dy, dq, dkeys, dvalues (two parts and their sum), dpos_table, dbias, λ and stats.
+    io = (2 * b * h * v * n + b * h * k * n + b * u * k * n + 3 * b * u * v * n
+          + r * r * k * u + k + 2 * b * k * v + b * u * k) * 4
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _run(inputs)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base - io
+    assert extra < big / 4, (f"peak scratch memory {extra / 2**20:.1f} MiB vs one λp / logits "
+                             f"tensor {big / 2**20:.1f} MiB")
