@@ -1,4 +1,5 @@
-// Content lambda on the CPU, fused: softmax over positions is never stored.
+// Content lambda on the CPU, fused: softmax over positions is never stored beyond one (b, u)
+// slice of keys per thread.
 //
 //   lse[b,u,k]  = log Σ_m exp(keys[b,u,k,m])                    (kept as `stats`)
 //   σ[b,u,k,m]  = exp(keys[b,u,k,m] − lse[b,u,k])
@@ -8,9 +9,11 @@
 //   dkeys[b,u,k,m]   = σ · (dσ − Σ_m' σ·dσ)
 //   dvalues[b,u,v,m] = Σ_k σ[b,u,k,m] · dλc[b,k,v]
 //
-// Work is split over (b, u) rows; positions are walked in chunks so σ and dσ for one chunk
-// live in a small stack buffer. The sum over u is a fixed-order reduction of per-(b, u)
-// partials, so results do not depend on the thread count.
+// Work is split over (b, u) rows. Per thread, the forward keeps exp(keys − max) of one row (N)
+// and the backward σ of the K rows of one (b, u) slice (K·N), next to a float copy of the
+// values slice (V·N), so every exponential is evaluated once; the contractions are `omp simd` loops over the
+// contiguous position axis. The sum over u is a fixed-order reduction of per-(b, u) partials,
+// so results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -25,8 +28,6 @@
 namespace lambda_kernels {
 namespace {
 
-constexpr int64_t kChunk = 64;  // positions per chunk
-
 template <typename scalar_t>
 void content_lambda_forward_impl(const at::Tensor& keys, const at::Tensor& values,
                                  at::Tensor& partial, at::Tensor& stats) {
@@ -35,36 +36,37 @@ void content_lambda_forward_impl(const at::Tensor& keys, const at::Tensor& value
   const int64_t N = keys.size(3) * keys.size(4);
   const scalar_t* key_ptr = keys.data_ptr<scalar_t>();
   const scalar_t* value_ptr = values.data_ptr<scalar_t>();
-  acc_t* partial_ptr = partial.data_ptr<acc_t>();  // (B, U, K, V)
-  acc_t* stats_ptr = stats.data_ptr<acc_t>();      // (B, U, K)
+  acc_t* partial_ptr = static_cast<acc_t*>(partial.data_ptr());  // (B, U, K, V)
+  acc_t* stats_ptr = static_cast<acc_t*>(stats.data_ptr());      // (B, U, K)
 
   at::parallel_for(0, B * U, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sigma(K * kChunk);
+    std::vector<acc_t> weights(N);  // exp(keys − row max) of one row
+    std::vector<acc_t> value_row(V * N);
     for (int64_t bu = begin; bu < end; ++bu) {
-      const scalar_t* key_row = key_ptr + bu * K * N;
-      const scalar_t* value_row = value_ptr + bu * V * N;
+      const scalar_t* key_rows = key_ptr + bu * K * N;
+      const scalar_t* value_rows = value_ptr + bu * V * N;
+      for (int64_t i = 0; i < V * N; ++i) value_row[i] = static_cast<acc_t>(value_rows[i]);
       acc_t* lse = stats_ptr + bu * K;
       acc_t* lam = partial_ptr + bu * K * V;
       for (int64_t k = 0; k < K; ++k) {
+        const scalar_t* key_row = key_rows + k * N;
         SoftmaxRow<acc_t> row;
-        for (int64_t m = 0; m < N; ++m) row.add(static_cast<acc_t>(key_row[k * N + m]));
+        row.max = static_cast<acc_t>(key_row[0]);
+        for (int64_t m = 1; m < N; ++m) row.max = std::max(row.max, static_cast<acc_t>(key_row[m]));
+        acc_t sum = 0;
+        for (int64_t m = 0; m < N; ++m) {
+          weights[m] = lk_exp(static_cast<acc_t>(key_row[m]) - row.max);
+          sum += weights[m];
+        }
+        row.sum = sum;
         lse[k] = row.logsumexp();
-      }
-      std::fill(lam, lam + K * V, acc_t(0));
-      for (int64_t m0 = 0; m0 < N; m0 += kChunk) {
-        const int64_t len = std::min(kChunk, N - m0);
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t i = 0; i < len; ++i)
-            sigma[k * kChunk + i] =
-                softmax_weight(static_cast<acc_t>(key_row[k * N + m0 + i]), lse[k]);
-        for (int64_t k = 0; k < K; ++k) {
-          for (int64_t v = 0; v < V; ++v) {
-            const scalar_t* value_chunk = value_row + v * N + m0;
-            acc_t dot = 0;
-            for (int64_t i = 0; i < len; ++i)
-              dot += sigma[k * kChunk + i] * static_cast<acc_t>(value_chunk[i]);
-            lam[k * V + v] += dot;
-          }
+        const acc_t inv_sum = acc_t(1) / sum;
+        for (int64_t v = 0; v < V; ++v) {
+          const acc_t* vals = value_row.data() + v * N;
+          acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t m = 0; m < N; ++m) dot += weights[m] * vals[m];
+          lam[k * V + v] = dot * inv_sum;
         }
       }
     }
@@ -80,61 +82,51 @@ void content_lambda_backward_impl(const at::Tensor& d_lam, const at::Tensor& key
   const int64_t N = keys.size(3) * keys.size(4);
   const scalar_t* key_ptr = keys.data_ptr<scalar_t>();
   const scalar_t* value_ptr = values.data_ptr<scalar_t>();
-  const acc_t* d_lam_ptr = d_lam.data_ptr<acc_t>();  // (B, K, V), in acc_t
-  const acc_t* stats_ptr = stats.data_ptr<acc_t>();
+  const acc_t* d_lam_ptr = static_cast<const acc_t*>(d_lam.data_ptr());  // (B, K, V), in acc_t
+  const acc_t* stats_ptr = static_cast<const acc_t*>(stats.data_ptr());
   scalar_t* d_key_ptr = d_keys.data_ptr<scalar_t>();
   scalar_t* d_value_ptr = d_values.data_ptr<scalar_t>();
 
   at::parallel_for(0, B * U, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sigma(K * kChunk), d_sigma(K * kChunk), row_dot(K);
+    std::vector<acc_t> sigma(K * N), d_sigma(N), value_row(V * N), d_value_row(N);
     for (int64_t bu = begin; bu < end; ++bu) {
       const int64_t b = bu / U;
-      const scalar_t* key_row = key_ptr + bu * K * N;
-      const scalar_t* value_row = value_ptr + bu * V * N;
+      const scalar_t* key_rows = key_ptr + bu * K * N;
+      const scalar_t* value_rows = value_ptr + bu * V * N;
       const acc_t* lse = stats_ptr + bu * K;
       const acc_t* dl = d_lam_ptr + b * K * V;
-      scalar_t* d_key_row = d_key_ptr + bu * K * N;
-      scalar_t* d_value_row = d_value_ptr + bu * V * N;
-
-      // σ and dσ of one chunk of positions.
-      auto load_chunk = [&](int64_t m0, int64_t len) {
-        for (int64_t k = 0; k < K; ++k) {
-          for (int64_t i = 0; i < len; ++i) {
-            sigma[k * kChunk + i] =
-                softmax_weight(static_cast<acc_t>(key_row[k * N + m0 + i]), lse[k]);
-            d_sigma[k * kChunk + i] = 0;
-          }
-          for (int64_t v = 0; v < V; ++v) {
-            const acc_t w = dl[k * V + v];
-            const scalar_t* value_chunk = value_row + v * N + m0;
-            for (int64_t i = 0; i < len; ++i)
-              d_sigma[k * kChunk + i] += w * static_cast<acc_t>(value_chunk[i]);
-          }
-        }
-      };
-
-      std::fill(row_dot.begin(), row_dot.end(), acc_t(0));
-      for (int64_t m0 = 0; m0 < N; m0 += kChunk) {
-        const int64_t len = std::min(kChunk, N - m0);
-        load_chunk(m0, len);
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t i = 0; i < len; ++i)
-            row_dot[k] += sigma[k * kChunk + i] * d_sigma[k * kChunk + i];
-      }
-      for (int64_t m0 = 0; m0 < N; m0 += kChunk) {
-        const int64_t len = std::min(kChunk, N - m0);
-        load_chunk(m0, len);
-        for (int64_t k = 0; k < K; ++k)
-          for (int64_t i = 0; i < len; ++i)
-            d_key_row[k * N + m0 + i] = static_cast<scalar_t>(
-                softmax_grad(sigma[k * kChunk + i], d_sigma[k * kChunk + i], row_dot[k]));
+      scalar_t* d_key_rows = d_key_ptr + bu * K * N;
+      scalar_t* d_value_rows = d_value_ptr + bu * V * N;
+      for (int64_t i = 0; i < V * N; ++i) value_row[i] = static_cast<acc_t>(value_rows[i]);
+      for (int64_t k = 0; k < K; ++k) {
+        // σ, dσ = Σ_v dλc[k,v] · values[v], and dkeys = σ · (dσ − Σ_m σ·dσ) for row k.
+        acc_t* sig = sigma.data() + k * N;
+        for (int64_t m = 0; m < N; ++m)
+          sig[m] = softmax_weight(static_cast<acc_t>(key_rows[k * N + m]), lse[k]);
+        std::fill(d_sigma.begin(), d_sigma.end(), acc_t(0));
         for (int64_t v = 0; v < V; ++v) {
-          for (int64_t i = 0; i < len; ++i) {
-            acc_t acc = 0;
-            for (int64_t k = 0; k < K; ++k) acc += sigma[k * kChunk + i] * dl[k * V + v];
-            d_value_row[v * N + m0 + i] = static_cast<scalar_t>(acc);
-          }
+          const acc_t w = dl[k * V + v];
+          const acc_t* vals = value_row.data() + v * N;
+#pragma omp simd
+          for (int64_t m = 0; m < N; ++m) d_sigma[m] += w * vals[m];
         }
+        acc_t row_dot = 0;
+#pragma omp simd reduction(+ : row_dot)
+        for (int64_t m = 0; m < N; ++m) row_dot += sig[m] * d_sigma[m];
+        for (int64_t m = 0; m < N; ++m)
+          d_key_rows[k * N + m] = static_cast<scalar_t>(softmax_grad(sig[m], d_sigma[m], row_dot));
+      }
+      // dvalues[v] = Σ_k σ[k] · dλc[k,v]
+      for (int64_t v = 0; v < V; ++v) {
+        std::fill(d_value_row.begin(), d_value_row.end(), acc_t(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t w = dl[k * V + v];
+          const acc_t* sig = sigma.data() + k * N;
+#pragma omp simd
+          for (int64_t m = 0; m < N; ++m) d_value_row[m] += sig[m] * w;
+        }
+        for (int64_t m = 0; m < N; ++m)
+          d_value_rows[v * N + m] = static_cast<scalar_t>(d_value_row[m]);
       }
     }
   });
