@@ -86,6 +86,11 @@ def test_bfloat16_matches_float64_reference(case):
     _compare(case, torch.bfloat16, 3e-2)
 
 
+@pytest.mark.parametrize("case", SWEEP[:4], ids=_ids)
+def test_float16_matches_float64_reference(case):
+    _compare(case, torch.float16, 1e-2)
+
+
 def test_half_runs_through_the_ops():
     case = SWEEP[1]
     q, keys, values, pos_table, _ = _inputs(case, torch.float16, requires_grad=False)

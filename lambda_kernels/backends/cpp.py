@@ -44,7 +44,7 @@ BACKENDS = {
         auto_devices=("cpu",),
         can_run=_make_can_run("cpu", "CPU", "cpu"),
         ops=_ops,
-        dtypes=(torch.bfloat16, torch.float32, torch.float64),
+        dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
     ),
     "cuda": Backend(
         name="cuda",

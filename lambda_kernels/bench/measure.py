@@ -1,0 +1,234 @@
+"""Timing, memory and the machine's matmul rate.
+
+Timing: `warmup` untimed calls, then up to `repeats` timed calls (stopping early once
+`max_time` seconds are spent and at least min(3, repeats) calls are done; at least 1 if a
+single warm-up call already took longer than `max_time`). CPU calls are
+timed with time.perf_counter; CUDA calls with torch.cuda.Event pairs on the current stream.
+"fwd" runs the module in eval mode under torch.no_grad (inference); "fwd+bwd" runs it in
+train mode with x.requires_grad and backpropagates a fixed random dy (a training step without
+the optimiser).
+
+Peak memory ("extra peak": memory above what the module, x and dy already hold):
+  CUDA  torch.cuda.max_memory_allocated() - memory_allocated() after setup, in-process.
+  CPU   a fresh subprocess per provider and case (python -m lambda_kernels.bench._memworker):
+        it builds the module and input and runs one untimed warm-up step, frees, trims
+        malloc, reads VmRSS, resets the kernel's peak-RSS mark (/proc/self/clear_refs = 5),
+        runs one step and reads VmHWM. Reported: VmHWM - VmRSS(after setup). glibc is told
+        to mmap every allocation >= 128 KiB (MALLOC_MMAP_THRESHOLD_) so freed tensors leave
+        RSS and reused heap cannot hide a peak. Where clear_refs is missing it falls back to
+        ru_maxrss (lifetime peak) and says so.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+
+
+def summarize(samples: list[float]) -> dict:
+    """median, IQR (q25, q75), min, max and count of a list of seconds."""
+    if not samples:
+        return {}
+    s = sorted(samples)
+    if len(s) >= 2:
+        q = statistics.quantiles(s, n=4, method="inclusive")
+        q25, q75 = q[0], q[2]
+    else:
+        q25 = q75 = s[0]
+    return {"median": statistics.median(s), "q25": q25, "q75": q75, "min": s[0], "max": s[-1],
+            "n": len(s)}
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int,
+               max_time: float = float("inf")) -> list[float]:
+    """Seconds per call of fn (see module doc)."""
+    cuda = device.type == "cuda"
+    slow = False
+    for _ in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        slow = time.perf_counter() - t0 > max_time
+    samples: list[float] = []
+    # at least 3 timed calls, unless one warm-up call alone exceeded max_time
+    floor = 1 if slow else min(3, repeats)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            samples.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        if len(samples) >= floor and time.perf_counter() - start > max_time:
+            break
+    return samples
+
+
+# --------------------------------------------------------------------------------------------
+# machine
+
+
+def matmul_rate(device: torch.device, dtype: Optional[torch.dtype] = None,
+                size: Optional[int] = None, repeats: int = 5) -> dict:
+    """Best-of-`repeats` FLOP/s of one large square torch.mm (fp32 on CPU, bf16 on CUDA)."""
+    cuda = device.type == "cuda"
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
+    size = size or (8192 if cuda else 2048)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    samples = time_calls(lambda: torch.mm(a, b), device, warmup=1, repeats=repeats)
+    best = min(samples)
+    return {"flops_per_s": 2.0 * size ** 3 / best, "size": size,
+            "dtype": str(dtype).replace("torch.", ""), "seconds": best}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import platform
+    name = name or platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    return f"{name} ({threads} thread{'s' if threads != 1 else ''})"
+
+
+# --------------------------------------------------------------------------------------------
+# one training / inference step
+
+
+def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
+    """(forward-only callable, forward+backward callable, clear-gradients callable)."""
+    x_grad = x.detach().clone().requires_grad_(True)
+
+    def clear():
+        for p in module.parameters():
+            p.grad = None
+        x_grad.grad = None
+
+    def fwd():
+        module.eval()
+        with torch.no_grad():
+            return module(x)
+
+    def fwd_bwd():
+        module.train()
+        clear()
+        y = module(x_grad)
+        y.backward(dy)
+        return y
+
+    return fwd, fwd_bwd, clear
+
+
+def cuda_extra_peak(fn: Callable[[], object], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del out
+    return int(peak)
+
+
+# --------------------------------------------------------------------------------------------
+# CPU peak RSS, in a subprocess
+
+
+def _status_kb(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_extra_peak(fn: Callable[[], object]) -> tuple[int, str]:
+    """Extra peak RSS in bytes while fn runs (in *this* process) and the method used."""
+    _trim()
+    base = _status_kb("VmRSS")
+    if base is not None and _reset_hwm():
+        out = fn()
+        peak = _status_kb("VmHWM")
+        del out
+        _trim()
+        return max(0, (peak - base)) * 1024, "VmHWM-VmRSS (clear_refs)"
+    import resource
+    base_kb = base if base is not None else 0
+    out = fn()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    del out
+    return max(0, peak - base_kb) * 1024, "ru_maxrss-VmRSS (lifetime peak; may be high)"
+
+
+def cpu_memory_subprocess(provider: str, case_dict: dict, threads: int,
+                          timeout: float = 600.0, extra_paths: Optional[list[str]] = None) -> dict:
+    """Run _memworker for one provider and case; returns its JSON (or {'error': ...})."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
+    env["OMP_NUM_THREADS"] = str(threads)
+    payload = json.dumps({"provider": provider, "case": case_dict, "threads": threads,
+                          "extra_paths": extra_paths or []})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "lambda_kernels.bench._memworker", payload],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"memory subprocess timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode < 0:
+            tail = f"killed by signal {-proc.returncode} (out of memory?)"
+        return {"error": f"memory subprocess failed (rc={proc.returncode}): {tail}"[:300]}
+    return json.loads(lines[-1])
