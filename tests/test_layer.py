@@ -14,6 +14,7 @@ CONFIGS = [
     dict(dim=8, dim_k=4, r=3, heads=2, dim_out=8, dim_u=1),
     dict(dim=6, dim_k=3, r=5, heads=2, dim_out=4, dim_u=3),
     dict(dim=8, dim_k=4, r=9, heads=1, dim_out=6, dim_u=2),   # window larger than the image
+    dict(dim=6, dim_k=3, r=11, heads=1, dim_out=4, dim_u=1),
     dict(dim=8, dim_k=4, n=6, heads=2, dim_out=8, dim_u=1),
     dict(dim=6, dim_k=2, n=5, heads=4, dim_out=8, dim_u=2),
 ]
@@ -40,31 +41,33 @@ def test_backends_under_test_include_a_fused_one_or_reference():
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 @pytest.mark.parametrize("train", [True, False])
-def test_upstream_state_dict_loads_and_matches(cfg, backend, train):
-    upstream = lambda_networks.LambdaLayer(**cfg)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upstream_state_dict_loads_and_matches(cfg, backend, train, dtype):
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    upstream = lambda_networks.LambdaLayer(**cfg).to(dtype)
     _perturb(upstream)
-    ours = LambdaLayer(**cfg, backend=backend)
+    ours = LambdaLayer(**cfg, backend=backend).to(dtype)
     ours.load_state_dict(upstream.state_dict(), strict=True)
     assert set(ours.state_dict()) == set(upstream.state_dict())
     upstream.train(train)
     ours.train(train)
 
     size = _square_size(cfg)
-    x = torch.randn(2, cfg["dim"], size, size)
+    x = torch.randn(2, cfg["dim"], size, size, dtype=dtype)
     x_up = x.clone().requires_grad_()
     x_ours = x.clone().requires_grad_()
     y_up = upstream(x_up)
     y_ours = ours(x_ours)
     assert ours.last_backend == backend
-    torch.testing.assert_close(y_ours, y_up, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y_ours, y_up, **tol)
 
     grad = torch.randn_like(y_up)
     y_up.backward(grad)
     y_ours.backward(grad)
-    torch.testing.assert_close(x_ours.grad, x_up.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(x_ours.grad, x_up.grad, **tol)
     up_params = dict(upstream.named_parameters())
     for name, param in ours.named_parameters():
-        torch.testing.assert_close(param.grad, up_params[name].grad, rtol=1e-4, atol=1e-4,
+        torch.testing.assert_close(param.grad, up_params[name].grad, **tol,
                                    msg=lambda m, name=name: f"{name}: {m}")
     if train:  # batch-norm running statistics were updated identically
         torch.testing.assert_close(ours.norm_q.running_mean, upstream.norm_q.running_mean)
