@@ -26,7 +26,7 @@ from lambda_kernels.functional import lambda_op
 from lambda_kernels.reference import content_lambda as reference_content_lambda
 from lambda_kernels.reference import lambda_reference
 
-OPS = ("content_lambda", "content_lambda_backward", "lambda_output", "lambda_output_backward")
+from lambda_kernels._meta import OP_NAMES as OPS
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SLACK = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
