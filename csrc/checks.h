@@ -86,6 +86,23 @@ inline void check_output_grad(const at::Tensor& dy, const at::Tensor& q,
               values.size(2), ", ", q.size(3), ", ", q.size(4), "), got ", dy.sizes());
 }
 
+// The checked, contiguous inputs of content_lambda_backward, d_lam in the accumulation dtype:
+// the boundary every implementation starts from.
+struct ContentBackwardInputs {
+  at::Tensor d_lam, keys, values, stats;
+};
+
+inline ContentBackwardInputs prepare_content_backward(const at::Tensor& d_lam,
+                                                      const at::Tensor& keys,
+                                                      const at::Tensor& values,
+                                                      const at::Tensor& stats) {
+  check_content_inputs(keys, values);
+  check_stats(stats, keys);
+  check_lam(d_lam, "d_lam_c", keys.size(0), keys.size(2), values.size(2), values);
+  return {d_lam.to(stats.scalar_type()).contiguous(), keys.contiguous(), values.contiguous(),
+          stats.contiguous()};
+}
+
 inline at::ScalarType stats_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }

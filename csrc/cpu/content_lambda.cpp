@@ -158,13 +158,9 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cpu(const at::Tensor&
                                                                const at::Tensor& keys_in,
                                                                const at::Tensor& values_in,
                                                                const at::Tensor& stats_in) {
-  check_content_inputs(keys_in, values_in);
-  check_stats(stats_in, keys_in);
-  check_lam(d_lam_in, "d_lam_c", keys_in.size(0), keys_in.size(2), values_in.size(2), values_in);
-  const at::Tensor keys = keys_in.contiguous();
-  const at::Tensor values = values_in.contiguous();
-  const at::Tensor stats = stats_in.contiguous();
-  const at::Tensor d_lam = d_lam_in.to(stats.scalar_type()).contiguous();
+  const ContentBackwardInputs in =
+      prepare_content_backward(d_lam_in, keys_in, values_in, stats_in);
+  const at::Tensor &d_lam = in.d_lam, &keys = in.keys, &values = in.values, &stats = in.stats;
   at::Tensor d_keys = at::empty_like(keys);
   at::Tensor d_values = at::empty_like(values);
   if (keys.numel() > 0 && values.numel() > 0) {

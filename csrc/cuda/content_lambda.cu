@@ -56,15 +56,11 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cuda(const at::Tensor
                                                                 const at::Tensor& keys_in,
                                                                 const at::Tensor& values_in,
                                                                 const at::Tensor& stats_in) {
-  check_content_inputs(keys_in, values_in);
-  check_stats(stats_in, keys_in);
-  check_lam(d_lam_in, "d_lam_c", keys_in.size(0), keys_in.size(2), values_in.size(2), values_in);
   TORCH_CHECK(keys_in.is_cuda(), "content_lambda_backward (CUDA): keys must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(keys_in.device());
-  const at::Tensor keys = keys_in.contiguous();
-  const at::Tensor values = values_in.contiguous();
-  const at::Tensor stats = stats_in.contiguous();
-  const at::Tensor d_lam = d_lam_in.to(stats.scalar_type()).contiguous();
+  const ContentBackwardInputs in =
+      prepare_content_backward(d_lam_in, keys_in, values_in, stats_in);
+  const at::Tensor &d_lam = in.d_lam, &keys = in.keys, &values = in.values, &stats = in.stats;
   at::Tensor d_keys = at::empty_like(keys, at::MemoryFormat::Contiguous);
   at::Tensor d_values = at::empty_like(values, at::MemoryFormat::Contiguous);
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);

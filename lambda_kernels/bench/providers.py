@@ -245,7 +245,7 @@ class LambdaNetworks(Provider):
         ours = _seeded_lambda(case)
         up = Upstream(case.dim, dim_k=case.dim_k, n=case.n, r=case.r, heads=case.heads,
                       dim_out=case.dim_out, dim_u=case.dim_u)
-        up.load_state_dict(ours.state_dict(), strict=False)
+        up.load_state_dict(ours.state_dict(), strict=True)
         return up.to(device=device, dtype=case.torch_dtype), "same weights"
 
     def flops(self, case):
