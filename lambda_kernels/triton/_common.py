@@ -1,6 +1,7 @@
-"""Shared pieces of the Triton kernels: block-size choice, the interpreter flag, and a small
-matrix product that uses tl.dot when the tile shapes allow it (every dimension >= 16, on a GPU)
-and a broadcast-multiply-sum otherwise (tiny tiles, the CPU interpreter)."""
+"""Shared pieces of the Triton kernels: block-size choice, the interpreter flag, the index/mask
+prologue and masked tile loads every kernel starts with, and a small matrix product that uses
+tl.dot when the tile shapes allow it (every dimension >= 16, on a GPU) and a
+broadcast-multiply-sum otherwise (tiny tiles, the CPU interpreter)."""
 from __future__ import annotations
 
 import os
@@ -61,6 +62,20 @@ def matmul_tile(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     else:
         out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     return out
+
+
+@triton.jit
+def block_range(start, BLOCK: tl.constexpr, size):
+    """(indices start + [0, BLOCK), which of them are < size)."""
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < size
+
+
+@triton.jit
+def load_tile(ptr, rows, row_stride, row_mask, cols, col_stride, col_mask):
+    """float32 tile ptr[rows[i]·row_stride + cols[j]·col_stride], zero where either mask is off."""
+    return tl.load(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride,
+                   mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
 
 
 def offset_range(radius_table: int, extent: int) -> tuple[int, int]:

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRETED, channel_block, dot_allowed, dot_precision, matmul_tile,
-                      position_block)
+from ._common import (INTERPRETED, block_range, channel_block, dot_allowed, dot_precision,
+                      load_tile, matmul_tile, position_block)
 
 
 def _fwd_configs():
@@ -42,11 +42,8 @@ def content_lambda_fwd_kernel(
     b = tl.program_id(0)
     k_tile = tl.program_id(1)
     v_tile = tl.program_id(2)
-    offs_k = k_tile * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_v = v_tile * BLOCK_V + tl.arange(0, BLOCK_V)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
+    offs_k, mask_k = block_range(k_tile * BLOCK_K, BLOCK_K, K)
+    offs_v, mask_v = block_range(v_tile * BLOCK_V, BLOCK_V, V)
 
     lam = tl.zeros((BLOCK_K, BLOCK_V), dtype=tl.float32)
     for u in range(U):
@@ -56,8 +53,7 @@ def content_lambda_fwd_kernel(
         row_sum = tl.zeros((BLOCK_K,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_K, BLOCK_V), dtype=tl.float32)
         for n0 in range(0, N, BLOCK_N):
-            n = n0 + offs_n
-            mask_n = n < N
+            n, mask_n = block_range(n0, BLOCK_N, N)
             logits = tl.load(keys_base + offs_k[:, None] * N + n[None, :],
                              mask=mask_k[:, None] & mask_n[None, :],
                              other=float("-inf")).to(tl.float32)
@@ -66,8 +62,7 @@ def content_lambda_fwd_kernel(
             rescale = tl.exp(row_max - safe_max)
             p = tl.exp(logits - safe_max[:, None])
             row_sum = row_sum * rescale + tl.sum(p, axis=1)
-            vals_t = tl.load(values_base + offs_v[None, :] * N + n[:, None],
-                             mask=mask_n[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
+            vals_t = load_tile(values_base, n, 1, mask_n, offs_v, N, mask_v)
             acc = acc * rescale[:, None] + matmul_tile(p, vals_t, USE_DOT, PRECISION)
             row_max = new_max
         safe_sum = tl.where(row_sum > 0, row_sum, 1.0)
@@ -88,26 +83,18 @@ def content_lambda_bwd_rowdot_kernel(
     """D[b,u,k] = Σ_m σ[b,u,k,m]·dσ[b,u,k,m]; one program per (b, u), all k and v."""
     bu = tl.program_id(0)
     b = bu // U
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    d_lam = tl.load(d_lam_ptr + b * K * V + offs_k[:, None] * V + offs_v[None, :],
-                    mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
+    offs_k, mask_k = block_range(0, BLOCK_K, K)
+    offs_v, mask_v = block_range(0, BLOCK_V, V)
+    d_lam = load_tile(d_lam_ptr + b * K * V, offs_k, V, mask_k, offs_v, 1, mask_v)
     lse = tl.load(stats_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     keys_base = keys_ptr + bu.to(tl.int64) * K * N
     values_base = values_ptr + bu.to(tl.int64) * V * N
     rowdot = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        n = n0 + offs_n
-        mask_n = n < N
-        mask_kn = mask_k[:, None] & mask_n[None, :]
-        logits = tl.load(keys_base + offs_k[:, None] * N + n[None, :], mask=mask_kn,
-                         other=0.0).to(tl.float32)
-        sigma = tl.where(mask_kn, tl.exp(logits - lse[:, None]), 0.0)
-        vals = tl.load(values_base + offs_v[:, None] * N + n[None, :],
-                       mask=mask_v[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        n, mask_n = block_range(n0, BLOCK_N, N)
+        logits = load_tile(keys_base, offs_k, N, mask_k, n, 1, mask_n)
+        sigma = tl.where(mask_k[:, None] & mask_n[None, :], tl.exp(logits - lse[:, None]), 0.0)
+        vals = load_tile(values_base, offs_v, N, mask_v, n, 1, mask_n)
         d_sigma = matmul_tile(d_lam, vals, USE_DOT, PRECISION)
         rowdot += tl.sum(sigma * d_sigma, axis=1)
     tl.store(rowdot_ptr + bu * K + offs_k, rowdot, mask=mask_k)
@@ -124,27 +111,20 @@ def content_lambda_bwd_kernel(
     bu = tl.program_id(0)
     n_tile = tl.program_id(1)
     b = bu // U
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    mask_n = n < N
+    offs_k, mask_k = block_range(0, BLOCK_K, K)
+    offs_v, mask_v = block_range(0, BLOCK_V, V)
+    n, mask_n = block_range(n_tile * BLOCK_N, BLOCK_N, N)
     mask_kn = mask_k[:, None] & mask_n[None, :]
     mask_vn = mask_v[:, None] & mask_n[None, :]
-    d_lam = tl.load(d_lam_ptr + b * K * V + offs_k[:, None] * V + offs_v[None, :],
-                    mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
-    d_lam_t = tl.load(d_lam_ptr + b * K * V + offs_k[None, :] * V + offs_v[:, None],
-                      mask=mask_k[None, :] & mask_v[:, None], other=0.0).to(tl.float32)
+    d_lam = load_tile(d_lam_ptr + b * K * V, offs_k, V, mask_k, offs_v, 1, mask_v)
+    d_lam_t = load_tile(d_lam_ptr + b * K * V, offs_v, 1, mask_v, offs_k, V, mask_k)
     lse = tl.load(stats_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     rowdot = tl.load(rowdot_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     keys_base = keys_ptr + bu.to(tl.int64) * K * N
     values_base = values_ptr + bu.to(tl.int64) * V * N
-    logits = tl.load(keys_base + offs_k[:, None] * N + n[None, :], mask=mask_kn,
-                     other=0.0).to(tl.float32)
+    logits = load_tile(keys_base, offs_k, N, mask_k, n, 1, mask_n)
     sigma = tl.where(mask_kn, tl.exp(logits - lse[:, None]), 0.0)
-    vals = tl.load(values_base + offs_v[:, None] * N + n[None, :], mask=mask_vn,
-                   other=0.0).to(tl.float32)
+    vals = load_tile(values_base, offs_v, N, mask_v, n, 1, mask_n)
     d_sigma = matmul_tile(d_lam, vals, USE_DOT, PRECISION)
     d_keys = sigma * (d_sigma - rowdot[:, None])
     tl.store(d_keys_ptr + bu.to(tl.int64) * K * N + offs_k[:, None] * N + n[None, :],

@@ -16,6 +16,8 @@ values outside the image are zero):
 s and g are formed one (offset, u) at a time inside a tile of positions and consumed at once:
 nothing of size B·N·k·v (λp), N·N or B·h·N·r² is ever allocated. Offsets that can never land
 inside the image (|oy| ≥ H or |ox| ≥ W, e.g. most of a global-context table) are skipped.
+y and dq are the same contraction with the roles of (E, k) and (values, v) exchanged: one kernel
+body (_fused_output_tile, specialised at compile time by its GRAD_Q flag) computes both.
 
 Cross-program reductions (dΛ over positions, dE over batch and positions) write per-program
 partial sums over a fixed grid that depends only on the shapes, then a second reduction sums
@@ -27,14 +29,73 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRETED, channel_block, dot_allowed, dot_precision, matmul_tile,
-                      offset_range, position_block)
+from ._common import (INTERPRETED, block_range, channel_block, dot_allowed, dot_precision,
+                      load_tile, matmul_tile, offset_range, position_block)
 
 
 def _out_configs():
     if INTERPRETED:
         return [triton.Config({}, num_warps=4)]
     return [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+
+
+@triton.jit
+def _table_column(table_ptr, a, c, RW, K, U, u, offs_k, mask_k):
+    """E[o,:,u] for the offset o = (a, c) of the table, float32."""
+    return tl.load(table_ptr + ((a * RW + c) * K + offs_k) * U + u, mask=mask_k,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _fused_output_tile(
+    x_ptr, values_ptr, table_ptr, lam_ptr, out_ptr,
+    HEADS, K, U, V, H_DIM, W_DIM, N, RH, RW, A_LO, A_HI, C_LO, C_HI,
+    BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, GRAD_Q: tl.constexpr,
+):
+    """One (b, head), a tile of positions. GRAD_Q=False: x = q (k, n), out = y (v, n);
+    GRAD_Q=True: x = dy (v, n), out = dq (k, n). The two are the same contraction with the roles
+    of (E, k) and (values, v) exchanged; GRAD_Q is resolved at compile time."""
+    bh = tl.program_id(0)
+    b = bh // HEADS
+    offs_k, mask_k = block_range(0, BLOCK_K, K)
+    offs_v, mask_v = block_range(0, BLOCK_V, V)
+    n, mask_n = block_range(tl.program_id(1) * BLOCK_N, BLOCK_N, N)
+    row = n // W_DIM
+    col = n % W_DIM
+
+    lam_b = lam_ptr + b * K * V
+    if GRAD_Q:
+        x = load_tile(x_ptr + bh.to(tl.int64) * V * N, offs_v, N, mask_v, n, 1, mask_n)
+        lam = load_tile(lam_b, offs_k, V, mask_k, offs_v, 1, mask_v)  # Λ (k, v)
+    else:
+        x = load_tile(x_ptr + bh.to(tl.int64) * K * N, offs_k, N, mask_k, n, 1, mask_n)
+        lam = load_tile(lam_b, offs_v, 1, mask_v, offs_k, V, mask_k)  # Λᵀ (v, k)
+    acc = matmul_tile(lam, x, USE_DOT, PRECISION)  # content part
+
+    values_b = values_ptr + b.to(tl.int64) * U * V * N
+    for a in range(A_LO, A_HI):
+        src_row = row + (a - RH // 2)
+        row_ok = mask_n & (src_row >= 0) & (src_row < H_DIM)
+        for c in range(C_LO, C_HI):
+            src_col = col + (c - RW // 2)
+            src_ok = row_ok & (src_col >= 0) & (src_col < W_DIM)
+            src = src_row * W_DIM + src_col
+            for u in range(U):
+                e = _table_column(table_ptr, a, c, RW, K, U, u, offs_k, mask_k)
+                vals = load_tile(values_b + u * V * N, offs_v, N, mask_v, src, 1, src_ok)
+                if GRAD_Q:
+                    g = tl.sum(x * vals, axis=0)  # g[b,h,n,o,u] for the tile
+                    acc += e[:, None] * g[None, :]
+                else:
+                    logits = tl.sum(e[:, None] * x, axis=0)  # s[b,h,n,o,u] for the tile
+                    acc += vals * logits[None, :]
+    if GRAD_Q:
+        tl.store(out_ptr + bh.to(tl.int64) * K * N + offs_k[:, None] * N + n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask_k[:, None] & mask_n[None, :])
+    else:
+        tl.store(out_ptr + bh.to(tl.int64) * V * N + offs_v[:, None] * N + n[None, :],
+                 acc.to(out_ptr.dtype.element_ty), mask=mask_v[:, None] & mask_n[None, :])
 
 
 @triton.autotune(configs=_out_configs(), key=["H_DIM", "K", "U", "V", "N", "RH", "RW"])
@@ -46,41 +107,9 @@ def lambda_output_fwd_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """y for one (b, head), all v, a tile of positions."""
-    bh = tl.program_id(0)
-    n_tile = tl.program_id(1)
-    b = bh // HEADS
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    mask_n = n < N
-    row = n // W_DIM
-    col = n % W_DIM
-
-    q = tl.load(q_ptr + bh.to(tl.int64) * K * N + offs_k[:, None] * N + n[None, :],
-                mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-    lam_t = tl.load(lam_ptr + b * K * V + offs_k[None, :] * V + offs_v[:, None],
-                    mask=mask_k[None, :] & mask_v[:, None], other=0.0).to(tl.float32)
-    y = matmul_tile(lam_t, q, USE_DOT, PRECISION)  # (BLOCK_V, BLOCK_N) content part
-
-    values_b = values_ptr + b.to(tl.int64) * U * V * N
-    for a in range(A_LO, A_HI):
-        src_row = row + (a - RH // 2)
-        row_ok = mask_n & (src_row >= 0) & (src_row < H_DIM)
-        for c in range(C_LO, C_HI):
-            src_col = col + (c - RW // 2)
-            src_ok = row_ok & (src_col >= 0) & (src_col < W_DIM)
-            src = src_row * W_DIM + src_col
-            for u in range(U):
-                e = tl.load(table_ptr + ((a * RW + c) * K + offs_k) * U + u, mask=mask_k,
-                            other=0.0).to(tl.float32)
-                logits = tl.sum(e[:, None] * q, axis=0)  # s[b,h,n,o,u] for the tile
-                vals = tl.load(values_b + (u * V + offs_v[:, None]) * N + src[None, :],
-                               mask=mask_v[:, None] & src_ok[None, :], other=0.0).to(tl.float32)
-                y += vals * logits[None, :]
-    tl.store(y_ptr + bh.to(tl.int64) * V * N + offs_v[:, None] * N + n[None, :],
-             y.to(y_ptr.dtype.element_ty), mask=mask_v[:, None] & mask_n[None, :])
+    _fused_output_tile(q_ptr, values_ptr, table_ptr, lam_ptr, y_ptr,
+                       HEADS, K, U, V, H_DIM, W_DIM, N, RH, RW, A_LO, A_HI, C_LO, C_HI,
+                       BLOCK_K, BLOCK_V, BLOCK_N, USE_DOT, PRECISION, GRAD_Q=False)
 
 
 @triton.jit
@@ -91,41 +120,9 @@ def lambda_output_bwd_dq_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dq for one (b, head), all k, a tile of positions."""
-    bh = tl.program_id(0)
-    n_tile = tl.program_id(1)
-    b = bh // HEADS
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    n = n_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    mask_n = n < N
-    row = n // W_DIM
-    col = n % W_DIM
-
-    dy = tl.load(dy_ptr + bh.to(tl.int64) * V * N + offs_v[:, None] * N + n[None, :],
-                 mask=mask_v[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-    lam = tl.load(lam_ptr + b * K * V + offs_k[:, None] * V + offs_v[None, :],
-                  mask=mask_k[:, None] & mask_v[None, :], other=0.0).to(tl.float32)
-    dq = matmul_tile(lam, dy, USE_DOT, PRECISION)  # (BLOCK_K, BLOCK_N)
-
-    values_b = values_ptr + b.to(tl.int64) * U * V * N
-    for a in range(A_LO, A_HI):
-        src_row = row + (a - RH // 2)
-        row_ok = mask_n & (src_row >= 0) & (src_row < H_DIM)
-        for c in range(C_LO, C_HI):
-            src_col = col + (c - RW // 2)
-            src_ok = row_ok & (src_col >= 0) & (src_col < W_DIM)
-            src = src_row * W_DIM + src_col
-            for u in range(U):
-                vals = tl.load(values_b + (u * V + offs_v[:, None]) * N + src[None, :],
-                               mask=mask_v[:, None] & src_ok[None, :], other=0.0).to(tl.float32)
-                g = tl.sum(dy * vals, axis=0)  # g[b,h,n,o,u] for the tile
-                e = tl.load(table_ptr + ((a * RW + c) * K + offs_k) * U + u, mask=mask_k,
-                            other=0.0).to(tl.float32)
-                dq += e[:, None] * g[None, :]
-    tl.store(dq_ptr + bh.to(tl.int64) * K * N + offs_k[:, None] * N + n[None, :],
-             dq.to(dq_ptr.dtype.element_ty), mask=mask_k[:, None] & mask_n[None, :])
+    _fused_output_tile(dy_ptr, values_ptr, table_ptr, lam_ptr, dq_ptr,
+                       HEADS, K, U, V, H_DIM, W_DIM, N, RH, RW, A_LO, A_HI, C_LO, C_HI,
+                       BLOCK_K, BLOCK_V, BLOCK_N, USE_DOT, PRECISION, GRAD_Q=True)
 
 
 @triton.jit
@@ -140,12 +137,9 @@ def lambda_output_bwd_dvalues_kernel(
     m_tile = tl.program_id(1)
     b = bu // U
     u = bu % U
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    m = m_tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
-    mask_m = m < N
+    offs_k, mask_k = block_range(0, BLOCK_K, K)
+    offs_v, mask_v = block_range(0, BLOCK_V, V)
+    m, mask_m = block_range(m_tile * BLOCK_N, BLOCK_N, N)
     row = m // W_DIM
     col = m % W_DIM
 
@@ -159,13 +153,10 @@ def lambda_output_bwd_dvalues_kernel(
                 src_col = col - (c - RW // 2)
                 src_ok = row_ok & (src_col >= 0) & (src_col < W_DIM)
                 src = src_row * W_DIM + src_col
-                q = tl.load(q_ptr + bh * K * N + offs_k[:, None] * N + src[None, :],
-                            mask=mask_k[:, None] & src_ok[None, :], other=0.0).to(tl.float32)
-                e = tl.load(table_ptr + ((a * RW + c) * K + offs_k) * U + u, mask=mask_k,
-                            other=0.0).to(tl.float32)
+                q = load_tile(q_ptr + bh * K * N, offs_k, N, mask_k, src, 1, src_ok)
+                e = _table_column(table_ptr, a, c, RW, K, U, u, offs_k, mask_k)
                 logits = tl.sum(e[:, None] * q, axis=0)  # s[b,h,m−o,o,u]
-                dy = tl.load(dy_ptr + bh * V * N + offs_v[:, None] * N + src[None, :],
-                             mask=mask_v[:, None] & src_ok[None, :], other=0.0).to(tl.float32)
+                dy = load_tile(dy_ptr + bh * V * N, offs_v, N, mask_v, src, 1, src_ok)
                 acc += dy * logits[None, :]
     tl.store(d_values_ptr + bu.to(tl.int64) * V * N + offs_v[:, None] * N + m[None, :],
              acc.to(d_values_ptr.dtype.element_ty), mask=mask_v[:, None] & mask_m[None, :])
@@ -181,20 +172,15 @@ def lambda_output_bwd_dlam_partial_kernel(
     """partial[b,split,k,v] = Σ_h Σ_{n in this split's position tiles} q[b,h,k,n]·dy[b,h,v,n]."""
     b = tl.program_id(0)
     split = tl.program_id(1)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
+    offs_k, mask_k = block_range(0, BLOCK_K, K)
+    offs_v, mask_v = block_range(0, BLOCK_V, V)
     acc = tl.zeros((BLOCK_K, BLOCK_V), dtype=tl.float32)
     for head in range(HEADS):
         bh = (b * HEADS + head).to(tl.int64)
         for t in range(TILES_PER_SPLIT):
-            n = (split * TILES_PER_SPLIT + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-            mask_n = n < N
-            q = tl.load(q_ptr + bh * K * N + offs_k[:, None] * N + n[None, :],
-                        mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            dy_t = tl.load(dy_ptr + bh * V * N + offs_v[None, :] * N + n[:, None],
-                           mask=mask_v[None, :] & mask_n[:, None], other=0.0).to(tl.float32)
+            n, mask_n = block_range((split * TILES_PER_SPLIT + t) * BLOCK_N, BLOCK_N, N)
+            q = load_tile(q_ptr + bh * K * N, offs_k, N, mask_k, n, 1, mask_n)
+            dy_t = load_tile(dy_ptr + bh * V * N, n, 1, mask_n, offs_v, N, mask_v)
             acc += matmul_tile(q, dy_t, USE_DOT, PRECISION)
     tl.store(partial_ptr + (b * SPLITS + split) * K * V + offs_k[:, None] * V + offs_v[None, :],
              acc, mask=mask_k[:, None] & mask_v[None, :])
@@ -213,16 +199,13 @@ def lambda_output_bwd_dtable_partial_kernel(
     split = tl.program_id(1)
     a = A_LO + o // C_COUNT
     c = C_LO + o % C_COUNT
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_v = tl.arange(0, BLOCK_V)
-    mask_k = offs_k < K
-    mask_v = offs_v < V
+    offs_k, mask_k = block_range(0, BLOCK_K, K)
+    offs_v, mask_v = block_range(0, BLOCK_V, V)
     for u in range(U):
         acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for item in range(split, B * N_TILES, SPLITS):
             b = item // N_TILES
-            n = (item % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
-            mask_n = n < N
+            n, mask_n = block_range((item % N_TILES) * BLOCK_N, BLOCK_N, N)
             src_row = n // W_DIM + (a - RH // 2)
             src_col = n % W_DIM + (c - RW // 2)
             src_ok = mask_n & (src_row >= 0) & (src_row < H_DIM) & (src_col >= 0) & (
@@ -233,11 +216,9 @@ def lambda_output_bwd_dtable_partial_kernel(
                            other=0.0).to(tl.float32)
             for head in range(HEADS):
                 bh = (b * HEADS + head).to(tl.int64)
-                dy = tl.load(dy_ptr + bh * V * N + offs_v[:, None] * N + n[None, :],
-                             mask=mask_v[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+                dy = load_tile(dy_ptr + bh * V * N, offs_v, N, mask_v, n, 1, mask_n)
                 g = tl.sum(dy * vals, axis=0)
-                q = tl.load(q_ptr + bh * K * N + offs_k[:, None] * N + n[None, :],
-                            mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+                q = load_tile(q_ptr + bh * K * N, offs_k, N, mask_k, n, 1, mask_n)
                 acc += tl.sum(q * g[None, :], axis=1)
         tl.store(partial_ptr + ((split * OFFSETS + o) * K + offs_k) * U + u, acc, mask=mask_k)
 
@@ -257,20 +238,31 @@ def _tile_n(n: int, block_k: int, block_v: int) -> int:
     return position_block(n, cap=max(16, min(128, 8192 // max(block_k, block_v))))
 
 
+def _blocks(g):
+    """(BLOCK_K, BLOCK_V, BLOCK_N) for a geometry from _geometry."""
+    block_k, block_v = channel_block(g["k"]), channel_block(g["v"])
+    return block_k, block_v, _tile_n(g["n"], block_k, block_v)
+
+
+def _launch_fused_output(launch, kernel, x, values, pos_table, lam, out, g, precision):
+    """Launch lambda_output_fwd_kernel (x = q, out = y) or lambda_output_bwd_dq_kernel
+    (x = dy, out = dq): one program per (b, head) and position tile."""
+    block_k, block_v, block_n = _blocks(g)
+    launch(kernel)[(g["b"] * g["heads"], triton.cdiv(g["n"], block_n))](
+        x, values, pos_table, lam, out,
+        g["heads"], g["k"], g["u"], g["v"], g["hh"], g["ww"], g["n"], g["rh"], g["rw"],
+        g["a_lo"], g["a_hi"], g["c_lo"], g["c_hi"],
+        BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
+        USE_DOT=dot_allowed(), PRECISION=precision)
+
+
 def lambda_output(q, values, pos_table, lam, launch=lambda kernel: kernel):
     """y (B, h, v, H, W) = content (q·Λ) + positional (Σ_{o,u} s·values) parts, fused."""
     q, values, pos_table, lam = (t.contiguous() for t in (q, values, pos_table, lam))
     g = _geometry(q, values, pos_table)
     y = q.new_empty((g["b"], g["heads"], g["v"], g["hh"], g["ww"]))
-    block_k, block_v = channel_block(g["k"]), channel_block(g["v"])
-    block_n = _tile_n(g["n"], block_k, block_v)
-    grid = (g["b"] * g["heads"], triton.cdiv(g["n"], block_n))
-    launch(lambda_output_fwd_kernel)[grid](
-        q, values, pos_table, lam, y,
-        g["heads"], g["k"], g["u"], g["v"], g["hh"], g["ww"], g["n"], g["rh"], g["rw"],
-        g["a_lo"], g["a_hi"], g["c_lo"], g["c_hi"],
-        BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
-        USE_DOT=dot_allowed(), PRECISION=dot_precision(q.dtype))
+    _launch_fused_output(launch, lambda_output_fwd_kernel, q, values, pos_table, lam, y, g,
+                         dot_precision(q.dtype))
     return y
 
 
@@ -284,17 +276,14 @@ def lambda_output_backward(dy, q, values, pos_table, lam, launch=lambda kernel: 
     dy, q, values, pos_table, lam = (t.contiguous() for t in (dy, q, values, pos_table, lam))
     g = _geometry(q, values, pos_table)
     b, heads, k, u, v, n = g["b"], g["heads"], g["k"], g["u"], g["v"], g["n"]
-    block_k, block_v = channel_block(k), channel_block(v)
-    block_n = _tile_n(n, block_k, block_v)
+    block_k, block_v, block_n = _blocks(g)
     n_tiles = triton.cdiv(n, block_n)
     use_dot, precision = dot_allowed(), dot_precision(q.dtype)
     geometry_args = (g["hh"], g["ww"], n, g["rh"], g["rw"])
 
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    launch(lambda_output_bwd_dq_kernel)[(b * heads, n_tiles)](
-        dy, values, pos_table, lam, dq, heads, k, u, v, *geometry_args,
-        g["a_lo"], g["a_hi"], g["c_lo"], g["c_hi"],
-        BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n, USE_DOT=use_dot, PRECISION=precision)
+    _launch_fused_output(launch, lambda_output_bwd_dq_kernel, dy, values, pos_table, lam, dq, g,
+                         precision)
 
     d_values = torch.empty_like(values, memory_format=torch.contiguous_format)
     launch(lambda_output_bwd_dvalues_kernel)[(b * u, n_tiles)](
