@@ -443,7 +443,7 @@ at::Tensor emu_lambda_output(at::Tensor q, at::Tensor values, at::Tensor E, at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     emu_launch(B * Hh * q_tiles * v_tiles, [&] {
-      lkc::output_forward_kernel<scalar_t>(q.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+      lkc::query_tile_kernel<scalar_t, false>(q.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
                                            E.data_ptr<scalar_t>(), lam.data_ptr<acc_t>(),
                                            y.data_ptr<scalar_t>(), Hh, K, U, V, geo, q_tiles,
                                            v_tiles);
@@ -473,7 +473,7 @@ std::vector<at::Tensor> emu_lambda_output_backward(at::Tensor dy, at::Tensor q, 
     const int64_t q_tiles = lkc::ceil_div(N, lkc::kTQ);
     const int64_t k_tiles = lkc::ceil_div(K, lkc::kTD), v_tiles = lkc::ceil_div(V, lkc::kTD);
     emu_launch(B * Hh * q_tiles * k_tiles, [&] {
-      lkc::d_q_kernel<scalar_t>(dy.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+      lkc::query_tile_kernel<scalar_t, true>(dy.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
                                 E.data_ptr<scalar_t>(), lam.data_ptr<acc_t>(),
                                 dq.data_ptr<scalar_t>(), Hh, K, U, V, geo, q_tiles, k_tiles);
     });

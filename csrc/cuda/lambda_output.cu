@@ -13,7 +13,8 @@
 //   dE[o,k,u]        = Σ_{b,h,n} q[b,h,k,n] · g[b,h,n,o,u]
 //   dΛ[b,k,v]        = Σ_{h,n} q[b,h,k,n] · dy[b,h,v,n]
 //
-// Kernel shape (y, dq, dvalues): one block = one (b, h or u) × a tile of kTQ consecutive
+// Kernel shape (y, dq, dvalues): y and dq are one kernel (query_tile_kernel, roles of (E, k) and
+// (values, v) exchanged); one block = one (b, h or u) × a tile of kTQ consecutive
 // positions × a tile of kTD output channels. The offsets that are inside the image for at least
 // one position of the tile are walked in chunks of kOC; per chunk, the block first computes the
 // kOC × kTQ coefficients (s or g) into shared memory, one per thread, then every thread
@@ -72,8 +73,8 @@ at::Tensor lambda_output_cuda(const at::Tensor& q_in, const at::Tensor& values_i
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.q.scalar_type(),
                                   "lambda_output_cuda", [&] {
                                     using acc_t = at::opmath_type<scalar_t>;
-                                    output_forward_kernel<scalar_t>
-                                        <<<grid_1d(blocks, "output_forward_kernel"), kThreads, 0,
+                                    query_tile_kernel<scalar_t, /*kGradQ=*/false>
+                                        <<<grid_1d(blocks, "query_tile_kernel (y)"), kThreads, 0,
                                            at::cuda::getCurrentCUDAStream()>>>(
                                             p.q.data_ptr<scalar_t>(),
                                             p.values.data_ptr<scalar_t>(),
@@ -111,7 +112,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_output_backwar
         const int64_t k_tiles = ceil_div(K, kTD);
         const int64_t dq_blocks = B * Hh * q_tiles * k_tiles;
         if (dq_blocks > 0) {
-          d_q_kernel<scalar_t><<<grid_1d(dq_blocks, "d_q_kernel"), kThreads, 0, stream>>>(
+          query_tile_kernel<scalar_t, /*kGradQ=*/true>
+              <<<grid_1d(dq_blocks, "query_tile_kernel (dq)"), kThreads, 0, stream>>>(
               dy.data_ptr<scalar_t>(), p.values.data_ptr<scalar_t>(),
               p.pos_table.data_ptr<scalar_t>(), p.lam.data_ptr<acc_t>(), dq.data_ptr<scalar_t>(),
               Hh, K, U, V, p.geo, q_tiles, k_tiles);

@@ -72,22 +72,49 @@ __device__ __forceinline__ TileSpan tile_span(int64_t n0, int64_t n_last, int64_
 }
 
 // ---------------------------------------------------------------------------------------------
-// y: block = (b,h) × position tile × v tile. Thread (lane, row): position n0 + lane; in phase 1
-// offset t0 + row; in phase 2 channels v0 + row + j·kOC, j < kDR.
+// y and dq: one kernel, kGradQ picks which. Block = (b,h) × position tile × tile of kTD output
+// channels. Thread (lane, row): position n0 + lane; in phase 1 offset t0 + row; in phase 2
+// channels o0 + row + j·kOC, j < kDR. The two are the same computation with the roles of
+// (E, k) and (values, v) exchanged:
+//   y  (kGradQ = false): input q,  reduce k, out v; phase 1 s = Σ_k q·E,      phase 2 y  += s·values
+//   dq (kGradQ = true):  input dy, reduce v, out k; phase 1 g = Σ_v dy·values, phase 2 dq += g·E
+// plus the content part Σ_r input[r]·Λ (Λ indexed [k, v] either way).
+
+// A channel column of one operand at offset (a, c), slot u, context position m: element i is
+// p[i · stride]. Phase 1 contracts the input with one operand, phase 2 the coefficient with the
+// other: values[b,u,·,m] (stride N) or E[a,c,·,u] (stride U).
 template <typename scalar_t>
+struct Column {
+  const scalar_t* p;
+  int64_t stride;
+};
+template <bool kValues, typename scalar_t>
+__device__ __forceinline__ Column<scalar_t> operand_column(const scalar_t* E,
+                                                           const scalar_t* val_b, int64_t a,
+                                                           int64_t c, int64_t u, int64_t m,
+                                                           int64_t K, int64_t U, int64_t V,
+                                                           int64_t N, int64_t Rw) {
+  if constexpr (kValues) return {val_b + u * V * N + m, N};
+  else return {E + (a * Rw + c) * K * U + u, U};
+}
+
+template <typename scalar_t, bool kGradQ>
 __global__ void __launch_bounds__(kThreads)
-    output_forward_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ values,
-                          const scalar_t* __restrict__ E,
-                          const at::opmath_type<scalar_t>* __restrict__ lam,
-                          scalar_t* __restrict__ y, int64_t Hh, int64_t K, int64_t U, int64_t V,
-                          Geometry geo, int64_t q_tiles, int64_t v_tiles) {
+    query_tile_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ values,
+                      const scalar_t* __restrict__ E,
+                      const at::opmath_type<scalar_t>* __restrict__ lam,
+                      scalar_t* __restrict__ out, int64_t Hh, int64_t K, int64_t U, int64_t V,
+                      Geometry geo, int64_t q_tiles, int64_t o_tiles) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t coef[kOC][kTQ];
   const int64_t N = geo.N, W = geo.W, H = geo.H, Rh = geo.Rh, Rw = geo.Rw;
+  const int64_t C_in = kGradQ ? V : K;   // channels of the input, reduced
+  const int64_t C_out = kGradQ ? K : V;  // channels of the output
+  const int64_t lam_in = kGradQ ? 1 : V, lam_out = kGradQ ? V : 1;  // Λ[k, v] strides
 
   int64_t blk = blockIdx.x;
-  const int64_t vt = blk % v_tiles;
-  blk /= v_tiles;
+  const int64_t ot = blk % o_tiles;
+  blk /= o_tiles;
   const int64_t qt = blk % q_tiles;
   const int64_t bh = blk / q_tiles;
   const int64_t b = bh / Hh;
@@ -98,21 +125,21 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = n0 + lane;
   const bool q_ok = n < N;
   const int64_t py = q_ok ? n / W : 0, px = q_ok ? n % W : 0;
-  const scalar_t* q_bh = q + bh * K * N;
+  const scalar_t* in_bh = in + bh * C_in * N;
   const scalar_t* val_b = values + b * U * V * N;
   const acc_t* lam_b = lam + b * K * V;
-  const int64_t v0 = vt * kTD + row;
+  const int64_t o0 = ot * kTD + row;
 
   acc_t acc[kDR];
 #pragma unroll
   for (int j = 0; j < kDR; ++j) acc[j] = acc_t(0);
-  if (q_ok) {  // content part: Σ_k q·Λ
-    for (int64_t k = 0; k < K; ++k) {
-      const acc_t qk = load(q_bh, k * N + n);
+  if (q_ok) {  // content part: Σ_r input[r]·Λ
+    for (int64_t r = 0; r < C_in; ++r) {
+      const acc_t x = load(in_bh, r * N + n);
 #pragma unroll
       for (int j = 0; j < kDR; ++j) {
-        const int64_t v = v0 + j * kOC;
-        if (v < V) acc[j] += qk * lam_b[k * V + v];
+        const int64_t o = o0 + j * kOC;
+        if (o < C_out) acc[j] += x * lam_b[r * lam_in + o * lam_out];
       }
     }
   }
@@ -126,34 +153,36 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int64_t t0 = 0; t0 < n_off; t0 += kOC) {
     for (int64_t u = 0; u < U; ++u) {
-      {  // phase 1: s for (position lane, offset t0 + row)
+      {  // phase 1: s (or g) for (position lane, offset t0 + row)
         acc_t s = acc_t(0);
         const int64_t t = t0 + row;
         if (q_ok && t < n_off) {
           const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
           const int64_t cy = context_coord(py, a, Rh), cx = context_coord(px, c, Rw);
           if (cy >= 0 && cy < H && cx >= 0 && cx < W) {
-            const scalar_t* e = E + (a * Rw + c) * K * U + u;
-            for (int64_t k = 0; k < K; ++k) s += load(q_bh, k * N + n) * load(e, k * U);
+            const Column<scalar_t> col =
+                operand_column<kGradQ>(E, val_b, a, c, u, cy * W + cx, K, U, V, N, Rw);
+            for (int64_t r = 0; r < C_in; ++r)
+              s += load(in_bh, r * N + n) * load(col.p, r * col.stride);
           }
         }
         coef[row][lane] = s;
       }
       __syncthreads();
-      if (q_ok) {  // phase 2: y[v] += s · values[u, v, n + o]
-        const scalar_t* val_bu = val_b + u * V * N;
+      if (q_ok) {  // phase 2: y[v] += s · values[u, v, n + o]  or  dq[k] += g · E[o, k, u]
         for (int oi = 0; oi < kOC; ++oi) {
           const int64_t t = t0 + oi;
           if (t >= n_off) break;
           const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
           const int64_t cy = context_coord(py, a, Rh), cx = context_coord(px, c, Rw);
           if (cy < 0 || cy >= H || cx < 0 || cx >= W) continue;
-          const int64_t m = cy * W + cx;
           const acc_t s = coef[oi][lane];
+          const Column<scalar_t> col =
+              operand_column<!kGradQ>(E, val_b, a, c, u, cy * W + cx, K, U, V, N, Rw);
 #pragma unroll
           for (int j = 0; j < kDR; ++j) {
-            const int64_t v = v0 + j * kOC;
-            if (v < V) acc[j] += s * load(val_bu, v * N + m);
+            const int64_t o = o0 + j * kOC;
+            if (o < C_out) acc[j] += s * load(col.p, o * col.stride);
           }
         }
       }
@@ -164,106 +193,8 @@ __global__ void __launch_bounds__(kThreads)
   if (q_ok) {
 #pragma unroll
     for (int j = 0; j < kDR; ++j) {
-      const int64_t v = v0 + j * kOC;
-      if (v < V) y[(bh * V + v) * N + n] = static_cast<scalar_t>(acc[j]);
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// dq: block = (b,h) × position tile × k tile; same structure as the forward with the roles of
-// (E, k) and (values, v) exchanged: coefficients g = Σ_v dy·values, then dq[k] += g · E[o,k,u].
-template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
-    d_q_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ values,
-               const scalar_t* __restrict__ E, const at::opmath_type<scalar_t>* __restrict__ lam,
-               scalar_t* __restrict__ dq, int64_t Hh, int64_t K, int64_t U, int64_t V,
-               Geometry geo, int64_t q_tiles, int64_t k_tiles) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t coef[kOC][kTQ];
-  const int64_t N = geo.N, W = geo.W, H = geo.H, Rh = geo.Rh, Rw = geo.Rw;
-
-  int64_t blk = blockIdx.x;
-  const int64_t kt = blk % k_tiles;
-  blk /= k_tiles;
-  const int64_t qt = blk % q_tiles;
-  const int64_t bh = blk / q_tiles;
-  const int64_t b = bh / Hh;
-
-  const int lane = threadIdx.x % kTQ;
-  const int row = threadIdx.x / kTQ;
-  const int64_t n0 = qt * kTQ;
-  const int64_t n = n0 + lane;
-  const bool q_ok = n < N;
-  const int64_t py = q_ok ? n / W : 0, px = q_ok ? n % W : 0;
-  const scalar_t* dy_bh = dy + bh * V * N;
-  const scalar_t* val_b = values + b * U * V * N;
-  const acc_t* lam_b = lam + b * K * V;
-  const int64_t k0 = kt * kTD + row;
-
-  acc_t acc[kDR];
-#pragma unroll
-  for (int j = 0; j < kDR; ++j) acc[j] = acc_t(0);
-  if (q_ok) {  // content part: Σ_v dy·Λ
-    for (int64_t v = 0; v < V; ++v) {
-      const acc_t dyv = load(dy_bh, v * N + n);
-#pragma unroll
-      for (int j = 0; j < kDR; ++j) {
-        const int64_t k = k0 + j * kOC;
-        if (k < K) acc[j] += dyv * lam_b[k * V + v];
-      }
-    }
-  }
-
-  const TileSpan span = tile_span(n0, std::min<int64_t>(N, n0 + kTQ) - 1, W);
-  const IndexRange ar = query_union(span.y0, span.y1, H, Rh);
-  const IndexRange cr = query_union(span.x0, span.x1, W, Rw);
-  const int64_t na = ar.end > ar.begin ? ar.end - ar.begin : 0;
-  const int64_t nc = cr.end > cr.begin ? cr.end - cr.begin : 0;
-  const int64_t n_off = na * nc;
-
-  for (int64_t t0 = 0; t0 < n_off; t0 += kOC) {
-    for (int64_t u = 0; u < U; ++u) {
-      const scalar_t* val_bu = val_b + u * V * N;
-      {  // phase 1: g for (position lane, offset t0 + row)
-        acc_t g = acc_t(0);
-        const int64_t t = t0 + row;
-        if (q_ok && t < n_off) {
-          const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t cy = context_coord(py, a, Rh), cx = context_coord(px, c, Rw);
-          if (cy >= 0 && cy < H && cx >= 0 && cx < W) {
-            const int64_t m = cy * W + cx;
-            for (int64_t v = 0; v < V; ++v) g += load(dy_bh, v * N + n) * load(val_bu, v * N + m);
-          }
-        }
-        coef[row][lane] = g;
-      }
-      __syncthreads();
-      if (q_ok) {  // phase 2: dq[k] += g · E[o,k,u]
-        for (int oi = 0; oi < kOC; ++oi) {
-          const int64_t t = t0 + oi;
-          if (t >= n_off) break;
-          const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t cy = context_coord(py, a, Rh), cx = context_coord(px, c, Rw);
-          if (cy < 0 || cy >= H || cx < 0 || cx >= W) continue;
-          const acc_t g = coef[oi][lane];
-          const scalar_t* e = E + (a * Rw + c) * K * U + u;
-#pragma unroll
-          for (int j = 0; j < kDR; ++j) {
-            const int64_t k = k0 + j * kOC;
-            if (k < K) acc[j] += g * load(e, k * U);
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
-
-  if (q_ok) {
-#pragma unroll
-    for (int j = 0; j < kDR; ++j) {
-      const int64_t k = k0 + j * kOC;
-      if (k < K) dq[(bh * K + k) * N + n] = static_cast<scalar_t>(acc[j]);
+      const int64_t o = o0 + j * kOC;
+      if (o < C_out) out[(bh * C_out + o) * N + n] = static_cast<scalar_t>(acc[j]);
     }
   }
 }
