@@ -172,12 +172,10 @@ def test_interpreter_ops_are_library_ops():
     torch.testing.assert_close(stats, keys.flatten(3).logsumexp(-1))
 
 
-@needs_interpreter
-def test_interpreter_opcheck():
-    """Schemas and fake (meta) implementations of the ops; torch.library.opcheck."""
+def _opcheck_all_ops(**input_kwargs):
+    """torch.library.opcheck on the four Triton ops, fp32 inputs from make_inputs(**input_kwargs)."""
     ns = getattr(torch.ops, lk_triton.NAMESPACE)
-    q, keys, values, table, _ = make_inputs(batch=1, heads=1, dim_u=1, height=3, width=2,
-                                            dtype=torch.float32, seed=2)
+    q, keys, values, table, _ = make_inputs(dtype=torch.float32, **input_kwargs)
     lam_c, stats = ns.content_lambda(keys, values)
     y = ns.lambda_output(q, values, table, lam_c)
     samples = [
@@ -188,6 +186,12 @@ def test_interpreter_opcheck():
     ]
     for op, args in samples:
         torch.library.opcheck(op, args)
+
+
+@needs_interpreter
+def test_interpreter_opcheck():
+    """Schemas and fake (meta) implementations of the ops; torch.library.opcheck."""
+    _opcheck_all_ops(batch=1, heads=1, dim_u=1, height=3, width=2, seed=2)
 
 
 @needs_interpreter
@@ -323,18 +327,7 @@ def test_cuda_backward_deterministic():
 @needs_cuda
 @pytest.mark.gpu
 def test_cuda_opcheck():
-    ns = getattr(torch.ops, lk_triton.NAMESPACE)
-    q, keys, values, table, _ = make_inputs(dtype=torch.float32, device="cuda")
-    lam_c, stats = ns.content_lambda(keys, values)
-    y = ns.lambda_output(q, values, table, lam_c)
-    samples = [
-        (ns.content_lambda, (keys, values)),
-        (ns.content_lambda_backward, (torch.randn_like(lam_c), keys, values, stats)),
-        (ns.lambda_output, (q, values, table, lam_c)),
-        (ns.lambda_output_backward, (torch.randn_like(y), q, values, table, lam_c)),
-    ]
-    for op, args in samples:
-        torch.library.opcheck(op, args)
+    _opcheck_all_ops(device="cuda")
 
 
 @needs_cuda
