@@ -112,15 +112,9 @@ def select_backend(q, keys, values, pos_table, bias=None, backend: str = "auto")
 def available_backends(device: str | torch.device = "cpu",
                        dtype: torch.dtype = torch.float32) -> dict[str, Optional[str]]:
     """For every registered back end: None if it runs on `device`/`dtype`, else why not."""
-    device = torch.device(device)
-    probe = dict(
-        q=torch.zeros(1, 1, 1, 1, 1, device="meta", dtype=dtype),
-        keys=torch.zeros(1, 1, 1, 1, 1, device="meta", dtype=dtype),
-        values=torch.zeros(1, 1, 1, 1, 1, device="meta", dtype=dtype),
-        pos_table=torch.zeros(1, 1, 1, 1, device="meta", dtype=dtype),
-    )
-    if device.type != "meta":
-        probe = {k: torch.zeros(v.shape, device=device, dtype=dtype) for k, v in probe.items()}
+    shapes = dict(q=(1, 1, 1, 1, 1), keys=(1, 1, 1, 1, 1), values=(1, 1, 1, 1, 1),
+                  pos_table=(1, 1, 1, 1))
+    probe = {name: torch.zeros(shape, device=device, dtype=dtype) for name, shape in shapes.items()}
     return {name: backends.get(name).can_run(**probe, bias=None) for name in backends.names()}
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import lambda_op, run_backend, select_backend, validate_inputs
+from .functional import run_backend, select_backend, validate_inputs
 
 
 class LambdaLayer(nn.Module):
@@ -117,4 +117,4 @@ class LambdaLayer(nn.Module):
 
 λLayer = LambdaLayer
 
-__all__ = ["LambdaLayer", "λLayer", "lambda_op"]
+__all__ = ["LambdaLayer", "λLayer"]

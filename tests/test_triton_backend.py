@@ -130,9 +130,8 @@ def test_interpreter_tl_dot_path(case, monkeypatch):
     _check_against_reference(case, torch.float32, "cpu")
 
 
-@needs_interpreter
-def test_interpreter_backward_deterministic():
-    inputs = _make("global_table", torch.float32, "cpu")
+def _assert_backward_deterministic(inputs):
+    """Two backward calls, the second under use_deterministic_algorithms: bit-identical."""
     _, first, dy = _run(inputs)
     torch.use_deterministic_algorithms(True)
     try:
@@ -141,6 +140,11 @@ def test_interpreter_backward_deterministic():
         torch.use_deterministic_algorithms(False)
     for g1, g2 in zip(first, second):
         assert torch.equal(g1, g2)
+
+
+@needs_interpreter
+def test_interpreter_backward_deterministic():
+    _assert_backward_deterministic(_make("global_table", torch.float32, "cpu"))
 
 
 @needs_interpreter
@@ -314,14 +318,7 @@ def test_cuda_larger_shape(dtype):
 def test_cuda_backward_deterministic():
     inputs = make_inputs(batch=3, heads=2, dim_k=16, dim_u=2, dim_v=24, height=31, width=29,
                          rh=15, rw=15, dtype=torch.float32, device="cuda", requires_grad=True)
-    _, first, dy = _run(inputs)
-    torch.use_deterministic_algorithms(True)
-    try:
-        _, second, _ = _run(inputs, dy)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    for g1, g2 in zip(first, second):
-        assert torch.equal(g1, g2)
+    _assert_backward_deterministic(inputs)
 
 
 @needs_cuda
