@@ -81,7 +81,7 @@ inline typename Simd<T>::vec vzero() {
 // an FMA operand once per use, which would make the loops load-bound).
 template <typename V>
 inline void pin_register(V& v) {
-#if defined(__GNUC__)
+#if defined(__GNUC__) && defined(__AVX512F__)
   asm("" : "+v"(v));
 #endif
 }
