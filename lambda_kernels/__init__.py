@@ -2,6 +2,7 @@
 
 Public API:
     LambdaLayer / λLayer      drop-in for lambda_networks.LambdaLayer (same state_dict)
+    LambdaLayer1d             the same layer over sequences (B, C, L)
     lambda_op                 the functional op on (q, keys, values, pos_table, bias)
     select_backend            which back end lambda_op would use for given inputs
     available_backends        every back end and why it cannot run here (None = runs)
@@ -10,13 +11,14 @@ Public API:
 """
 from . import reference
 from .functional import BackendUnavailableError, available_backends, lambda_op, select_backend
-from .layer import LambdaLayer, λLayer
+from .layer import LambdaLayer, LambdaLayer1d, λLayer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LambdaLayer",
     "λLayer",
+    "LambdaLayer1d",
     "lambda_op",
     "select_backend",
     "available_backends",

@@ -1,5 +1,4 @@
-"""The lambda op: input validation, back-end choice, and the autograd.Function that glues the
-four fused ops of a back end (see backends/__init__.py).
+"""The lambda op: input validation, back-end choice, and how a back end's ops are composed.
 
     y = lambda_op(q, keys, values, pos_table, bias=None, backend="auto")
 
@@ -15,11 +14,22 @@ Back-end choice: the `backend` argument ("auto", "cpu", "cuda", "triton", "refer
 the LAMBDA_KERNELS_BACKEND environment variable, else "auto": the first back end, in priority
 order for the input's device, whose can_run() accepts the inputs. An explicit back end that
 cannot run raises BackendUnavailableError with its reason.
+
+The choice depends only on (requested name, environment, device type, dtype), so under
+torch.compile it is made once while tracing and folded into the graph as a constant: loading
+the extension and probing back ends never run inside a compiled region, and a layer compiles
+with `fullgraph=True`. (Changing LAMBDA_KERNELS_BACKEND afterwards does not recompile.)
+
+Autograd: a fused back end runs its forward ops y = lambda_output(q, values, E,
+content_lambda(keys, values) + bias); the derivatives are the autograd formulas registered on
+those ops (_op_registrations.register_autograd), the one place where the backward ops are glued
+in, for the layer and for direct calls of torch.ops.* alike. Every gradient leaving the op is
+dense and contiguous, whatever the back end (see _DenseGradient).
 """
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -83,78 +93,111 @@ def validate_inputs(q, keys, values, pos_table, bias=None) -> None:
         raise ValueError(f"bias must have shape (k,) = ({k},), got {_shape(bias)}")
 
 
-def _requested_backend(backend: str) -> str:
+class Selection(NamedTuple):
+    """The back end chosen for some inputs, and the variant of it that runs (e.g. the CPU
+    instruction set of the `cpu` back end), or None when it has no variants."""
+
+    backend: str
+    variant: Optional[str]
+
+
+def _constant_while_tracing(fn):
+    """torch.compile evaluates `fn` once while tracing and uses its result as a constant (its
+    arguments must be Python constants): it loads the extension and takes locks, which
+    Dynamo cannot trace."""
+    try:
+        return torch._dynamo.assume_constant_result(fn)
+    except AttributeError:  # a torch without Dynamo's decorator: plain function
+        return fn
+
+
+@_constant_while_tracing
+def _select(requested: str, device_type: str, dtype: torch.dtype) -> Selection:
+    name = requested
+    if name == "auto":
+        name = os.environ.get(ENV_BACKEND, "auto") or "auto"
+    if name != "auto":
+        chosen = backends.get(name)
+        reason = chosen.can_run(device_type, dtype)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend {name!r} cannot run these inputs: {reason}")
+        return Selection(name, chosen.variant())
+    reasons = []
+    for candidate in backends.auto_candidates(device_type):
+        reason = candidate.can_run(device_type, dtype)
+        if reason is None:
+            return Selection(candidate.name, candidate.variant())
+        reasons.append(f"{candidate.name}: {reason}")
+    raise BackendUnavailableError(f"no back end can run on {device_type}: " + "; ".join(reasons))
+
+
+def select(q: torch.Tensor, backend: str = "auto") -> Selection:
+    """The back end (and its variant) that lambda_op runs for inputs like q."""
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    if backend == "auto":
-        backend = os.environ.get(ENV_BACKEND, "auto") or "auto"
-    return backend
+    return _select(backend, q.device.type, q.dtype)
 
 
 def select_backend(q, keys, values, pos_table, bias=None, backend: str = "auto") -> str:
     """Name of the back end that lambda_op would run for these inputs (raises like lambda_op)."""
-    name = _requested_backend(backend)
-    if name != "auto":
-        chosen = backends.get(name)
-        reason = chosen.can_run(q, keys, values, pos_table, bias)
-        if reason is not None:
-            raise BackendUnavailableError(f"backend {name!r} cannot run these inputs: {reason}")
-        return name
-    reasons = []
-    for candidate in backends.auto_candidates(q.device.type):
-        reason = candidate.can_run(q, keys, values, pos_table, bias)
-        if reason is None:
-            return candidate.name
-        reasons.append(f"{candidate.name}: {reason}")
-    raise BackendUnavailableError(f"no back end can run on {q.device}: " + "; ".join(reasons))
+    return select(q, backend).backend
 
 
-def available_backends(device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32) -> dict[str, Optional[str]]:
-    """For every registered back end: None if it runs on `device`/`dtype`, else why not."""
-    shapes = dict(q=(1, 1, 1, 1, 1), keys=(1, 1, 1, 1, 1), values=(1, 1, 1, 1, 1),
-                  pos_table=(1, 1, 1, 1))
-    probe = {name: torch.zeros(shape, device=device, dtype=dtype) for name, shape in shapes.items()}
-    return {name: backends.get(name).can_run(**probe, bias=None) for name in backends.names()}
+def available_backends(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                       *, details: bool = False) -> dict:
+    """For every registered back end: None if it runs on `device`/`dtype`, else why not.
+
+    With details=True: {name: {"runs": bool, "reason": str | None, "variant": str | None}},
+    where variant names what would run (the CPU instruction set of the `cpu` back end)."""
+    device_type = torch.device(device).type
+    status = {}
+    for name in backends.names():
+        backend = backends.get(name)
+        reason = backend.can_run(device_type, dtype)
+        if details:
+            status[name] = {"runs": reason is None, "reason": reason,
+                            "variant": backend.variant() if reason is None else None}
+        else:
+            status[name] = reason
+    return status
 
 
-class LambdaFunction(torch.autograd.Function):
-    """y = lambda_output(q, values, pos_table, content_lambda(keys, values) + bias) through one
-    fused back end; backward runs its two backward ops and sums the two value gradients."""
+class _DenseGradient(torch.autograd.Function):
+    """Identity whose backward makes the gradient dense and contiguous.
 
-    @staticmethod
-    def forward(ctx, q, keys, values, pos_table, bias, backend_name: str):
-        ops = backends.get(backend_name).ops()
-        lam_c, stats = ops.content_lambda(keys, values)
-        lam = lam_c if bias is None else lam_c + bias.view(1, -1, 1)
-        y = ops.lambda_output(q, values, pos_table, lam)
-        ctx.save_for_backward(q, keys, values, pos_table, lam, stats)
-        ctx.backend_name = backend_name
-        ctx.has_bias = bias is not None
-        return y
+    Autograd of einsum/conv (the reference back end) can hand back gradients with odd strides,
+    e.g. (1, C, H, W) with strides (1, 1, W·C, C) at batch 1, and torch 2.14's CPU BatchNorm
+    backward computes a wrong result for that layout. The fused back ends return contiguous
+    gradients by construction."""
 
     @staticmethod
-    def backward(ctx, dy):
-        q, keys, values, pos_table, lam, stats = ctx.saved_tensors
-        ops = backends.get(ctx.backend_name).ops()
-        d_q, d_values_pos, d_pos_table, d_lam = ops.lambda_output_backward(
-            dy.contiguous(), q, values, pos_table, lam)
-        d_keys, d_values_content = ops.content_lambda_backward(d_lam, keys, values, stats)
-        d_bias = d_lam.sum(dim=(0, 2)) if ctx.has_bias else None
-        return d_q, d_keys, d_values_pos + d_values_content, d_pos_table, d_bias, None
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
-def lambda_op(q, keys, values, pos_table, bias=None, *, backend: str = "auto") -> torch.Tensor:
-    """The lambda op y (B, h, v, H, W); see the module docstring for shapes and back ends."""
-    validate_inputs(q, keys, values, pos_table, bias)
-    name = select_backend(q, keys, values, pos_table, bias, backend)
-    return run_backend(name, q, keys, values, pos_table, bias)
+def _dense_gradients(*tensors):
+    return [t if t is None or not t.requires_grad else _DenseGradient.apply(t) for t in tensors]
 
 
 def run_backend(name: str, q, keys, values, pos_table, bias=None) -> torch.Tensor:
     """Run an already selected back end on validated inputs."""
     chosen = backends.get(name)
-    if q.shape[0] == 0 or chosen.ops is None:
+    if chosen.ops is None or q.shape[0] == 0:
+        # A differentiable back end (or an empty batch, which the kernels need not handle):
+        # plain autograd through the reference formulas.
         forward = chosen.forward if chosen.ops is None else backends.get("reference").forward
-        return forward(q, keys, values, pos_table, bias)
-    return LambdaFunction.apply(q, keys, values, pos_table, bias, name)
+        return forward(*_dense_gradients(q, keys, values, pos_table, bias))
+    ops = chosen.ops()
+    lam_c, _ = ops.content_lambda(keys, values)
+    lam = lam_c if bias is None else lam_c + bias.view(1, -1, 1)
+    return ops.lambda_output(q, values, pos_table, lam)
+
+
+def lambda_op(q, keys, values, pos_table, bias=None, *, backend: str = "auto") -> torch.Tensor:
+    """The lambda op y (B, h, v, H, W); see the module docstring for shapes and back ends."""
+    validate_inputs(q, keys, values, pos_table, bias)
+    return run_backend(select(q, backend).backend, q, keys, values, pos_table, bias)

@@ -1,13 +1,17 @@
 """LambdaLayer: the lambda layer of LambdaNetworks (Bello, ICLR 2021) with the constructor and
 state_dict of lambda-networks 0.4.0, running on the fused kernels of this package.
 
-    x (B, dim, H, W) -> y (B, dim_out, H, W)
+    LambdaLayer    x (B, dim, H, W) -> y (B, dim_out, H / stride, W / stride)
+    LambdaLayer1d  x (B, dim, L)    -> y (B, dim_out, L / stride)       (sequences)
 
 Projections are the 1×1 convolutions and batch norms of upstream; the lambda itself runs
 through `lambda_op` (functional.py), which picks a back end. Beyond upstream: global context
 takes any H×W with H, W <= n (rectangular too), channels_last input keeps its memory format,
-mixed precision runs the kernels in the activations' dtype with float32 accumulation, and
-`backend=` pins a back end.
+mixed precision runs the kernels in the activations' dtype with float32 accumulation,
+`stride` downsamples the output by average pooling (as the paper and timm do), `backend=` pins
+a back end, and the layer compiles with torch.compile(fullgraph=True).
+
+A sequence is an image of height 1: LambdaLayer1d runs the same op and kernels on (B, ·, 1, L).
 """
 from __future__ import annotations
 
@@ -16,18 +20,22 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import run_backend, select_backend, validate_inputs
+from .functional import run_backend, select, validate_inputs
 
 
-class LambdaLayer(nn.Module):
-    def __init__(self, dim: int, *, dim_k: int, n: Optional[int] = None, r: Optional[int] = None,
-                 heads: int = 4, dim_out: Optional[int] = None, dim_u: int = 1,
-                 backend: str = "auto"):
+class _LambdaBase(nn.Module):
+    """What the 2-D and 1-D layers share: arguments, the lambda and its bookkeeping. Subclasses
+    build the projections for their rank and give the position table for a map size."""
+
+    spatial_rank: int  # 2 for images, 1 for sequences
+
+    def __init__(self, dim: int, *, dim_k: int, n: Optional[int], r: Optional[int], heads: int,
+                 dim_out: Optional[int], dim_u: int, stride: int, backend: str):
         super().__init__()
         dim_out = dim if dim_out is None else dim_out
         for name, value in (("dim", dim), ("dim_k", dim_k), ("heads", heads), ("dim_out", dim_out),
-                            ("dim_u", dim_u)):
-            if not isinstance(value, int) or value < 1:
+                            ("dim_u", dim_u), ("stride", stride)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if dim_out % heads != 0:
             raise ValueError(f"dim_out ({dim_out}) must be divisible by heads ({heads})")
@@ -38,37 +46,95 @@ class LambdaLayer(nn.Module):
             raise ValueError(f"r must be a positive odd integer, got {r!r}")
         if n is not None and (not isinstance(n, int) or n < 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
 
-        dim_v = dim_out // heads
         self.u = dim_u
         self.heads = heads
         self.dim = dim
         self.dim_k = dim_k
-        self.dim_v = dim_v
+        self.dim_v = dim_out // heads
         self.dim_out = dim_out
         self.n = n
         self.r = r
+        self.stride = stride
         self.backend = backend
+        self.local_contexts = r is not None
+        # What the last forward ran: the back end and its variant (the CPU instruction set).
         self.last_backend: Optional[str] = None
+        self.last_backend_variant: Optional[str] = None
 
+    def extra_repr(self) -> str:
+        context = f"r={self.r}" if self.local_contexts else f"n={self.n}"
+        stride = f", stride={self.stride}" if self.stride != 1 else ""
+        return (f"{self.dim}, dim_k={self.dim_k}, {context}, heads={self.heads}, "
+                f"dim_out={self.dim_out}, dim_u={self.u}{stride}, backend={self.backend!r}")
+
+    def project(self, x: torch.Tensor):
+        """q (B,h,k,H,W), keys (B,u,k,H,W), values (B,u,v,H,W), pos_table, bias, all one dtype
+        (a sequence is a map of height 1)."""
+        b = x.shape[0]
+        hh, ww = (1, x.shape[2]) if self.spatial_rank == 1 else x.shape[2:]
+        q = self.norm_q(self.to_q(x)).reshape(b, self.heads, self.dim_k, hh, ww)
+        keys = self.to_k(x).reshape(b, self.u, self.dim_k, hh, ww)
+        values = self.norm_v(self.to_v(x)).reshape(b, self.u, self.dim_v, hh, ww)
+        pos_table, bias = self.position_table(hh, ww)
+        dtype = values.dtype  # under autocast: the activations' reduced precision
+        q, keys, pos_table = q.to(dtype), keys.to(dtype), pos_table.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        return q, keys, values, pos_table, bias
+
+    def _check_input(self, x) -> None:
+        layout = "(B, dim, H, W)" if self.spatial_rank == 2 else "(B, dim, L)"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != self.spatial_rank + 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape {layout} with dim = {self.dim}, got "
+                             f"({', '.join(map(str, x.shape))})")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if not self.local_contexts and max(x.shape[2:]) > self.n:
+            names = ("H", "W") if self.spatial_rank == 2 else ("L",)
+            sizes = ", ".join(f"{name}={size}" for name, size in zip(names, x.shape[2:]))
+            raise ValueError(f"global context with n={self.n} takes {', '.join(names)} <= "
+                             f"{self.n}; x has {sizes} (build the layer with "
+                             f"n >= {max(x.shape[2:])})")
+
+    def _lambda(self, x: torch.Tensor) -> torch.Tensor:
+        """The lambda of x, shape (B, dim_out, *x.shape[2:]), before any pooling."""
+        q, keys, values, pos_table, bias = self.project(x)
+        validate_inputs(q, keys, values, pos_table, bias)
+        chosen = select(q, self.backend)
+        self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
+        y = run_backend(chosen.backend, q, keys, values, pos_table, bias)
+        return y.reshape(x.shape[0], self.dim_out, *x.shape[2:])
+
+
+class LambdaLayer(_LambdaBase):
+    """Lambda layer over images, x (B, dim, H, W) -> (B, dim_out, H // stride, W // stride).
+
+    Exactly one of `n` (global context: any H, W <= n) and `r` (local context, odd window).
+    stride > 1 average-pools the output (kernel = stride = stride, as timm's LambdaLayer)."""
+
+    spatial_rank = 2
+
+    def __init__(self, dim: int, *, dim_k: int, n: Optional[int] = None, r: Optional[int] = None,
+                 heads: int = 4, dim_out: Optional[int] = None, dim_u: int = 1, stride: int = 1,
+                 backend: str = "auto"):
+        super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
+                         stride=stride, backend=backend)
         self.to_q = nn.Conv2d(dim, dim_k * heads, 1, bias=False)
         self.to_k = nn.Conv2d(dim, dim_k * dim_u, 1, bias=False)
-        self.to_v = nn.Conv2d(dim, dim_v * dim_u, 1, bias=False)
+        self.to_v = nn.Conv2d(dim, self.dim_v * dim_u, 1, bias=False)
         self.norm_q = nn.BatchNorm2d(dim_k * heads)
-        self.norm_v = nn.BatchNorm2d(dim_v * dim_u)
-
-        self.local_contexts = r is not None
+        self.norm_v = nn.BatchNorm2d(self.dim_v * dim_u)
         if self.local_contexts:
             self.pos_conv = nn.Conv3d(dim_u, dim_k, (1, r, r), padding=(0, r // 2, r // 2))
         else:
             self.rel_pos_emb = nn.Parameter(torch.randn(2 * n - 1, 2 * n - 1, dim_k, dim_u))
         # No index tensors: the kernels address the table by offset, so upstream's (n², n², 2)
         # rel_pos gather index is never built (it alone is 268 MB at n = 64).
-
-    def extra_repr(self) -> str:
-        context = f"r={self.r}" if self.local_contexts else f"n={self.n}"
-        return (f"{self.dim}, dim_k={self.dim_k}, {context}, heads={self.heads}, "
-                f"dim_out={self.dim_out}, dim_u={self.u}, backend={self.backend!r}")
+        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
 
     def position_table(self, height: int, width: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(pos_table (Rh, Rw, k, u), bias) for an H×W input, as views of the parameters."""
@@ -79,42 +145,53 @@ class LambdaLayer(nn.Module):
         # the (2H-1, 2W-1) centre of the (2n-1, 2n-1) table.
         return self.rel_pos_emb[n - height:n + height - 1, n - width:n + width - 1], None
 
-    def project(self, x: torch.Tensor):
-        """q (B,h,k,H,W), keys (B,u,k,H,W), values (B,u,v,H,W), pos_table, bias, all one dtype."""
-        b, _, hh, ww = x.shape
-        q = self.norm_q(self.to_q(x)).reshape(b, self.heads, self.dim_k, hh, ww)
-        keys = self.to_k(x).reshape(b, self.u, self.dim_k, hh, ww)
-        values = self.norm_v(self.to_v(x)).reshape(b, self.u, self.dim_v, hh, ww)
-        pos_table, bias = self.position_table(hh, ww)
-        dtype = values.dtype  # under autocast: the activations' reduced precision
-        q, keys, pos_table = q.to(dtype), keys.to(dtype), pos_table.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
-        return q, keys, values, pos_table, bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (B, dim, H, W) with dim = {self.dim}, got "
-                             f"({', '.join(map(str, x.shape))})")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-        b, _, hh, ww = x.shape
-        if not self.local_contexts and (hh > self.n or ww > self.n):
-            raise ValueError(f"global context with n={self.n} takes H, W <= {self.n}; x has "
-                             f"H={hh}, W={ww} (build the layer with n >= {max(hh, ww)})")
+        self._check_input(x)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        q, keys, values, pos_table, bias = self.project(x)
-        validate_inputs(q, keys, values, pos_table, bias)
-        name = select_backend(q, keys, values, pos_table, bias, self.backend)
-        self.last_backend = name
-        y = run_backend(name, q, keys, values, pos_table, bias)
-        y = y.reshape(b, self.heads * self.dim_v, hh, ww)
+        y = self.pool(self._lambda(x))
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
         return y
 
 
+class LambdaLayer1d(_LambdaBase):
+    """Lambda layer over sequences, x (B, dim, L) -> (B, dim_out, L // stride).
+
+    Exactly one of `n` (global context: any L <= n; table `rel_pos_emb` (2n-1, dim_k, dim_u))
+    and `r` (local context, odd window; `pos_conv` = Conv2d(dim_u, dim_k, (1, r)) over the
+    values viewed as (B, u, v, L), the 1-D twin of lambda-networks' Conv3d). Projections are
+    Conv1d / BatchNorm1d. stride > 1 average-pools the output."""
+
+    spatial_rank = 1
+
+    def __init__(self, dim: int, *, dim_k: int, n: Optional[int] = None, r: Optional[int] = None,
+                 heads: int = 4, dim_out: Optional[int] = None, dim_u: int = 1, stride: int = 1,
+                 backend: str = "auto"):
+        super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
+                         stride=stride, backend=backend)
+        self.to_q = nn.Conv1d(dim, dim_k * heads, 1, bias=False)
+        self.to_k = nn.Conv1d(dim, dim_k * dim_u, 1, bias=False)
+        self.to_v = nn.Conv1d(dim, self.dim_v * dim_u, 1, bias=False)
+        self.norm_q = nn.BatchNorm1d(dim_k * heads)
+        self.norm_v = nn.BatchNorm1d(self.dim_v * dim_u)
+        if self.local_contexts:
+            self.pos_conv = nn.Conv2d(dim_u, dim_k, (1, r), padding=(0, r // 2))
+        else:
+            self.rel_pos_emb = nn.Parameter(torch.randn(2 * n - 1, dim_k, dim_u))
+        self.pool = nn.AvgPool1d(stride, stride) if stride > 1 else nn.Identity()
+
+    def position_table(self, height: int, width: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(pos_table (1, Rw, k, u), bias) for a sequence of length `width` (height is 1)."""
+        if self.local_contexts:
+            return self.pos_conv.weight.permute(2, 3, 0, 1), self.pos_conv.bias
+        n = self.n
+        return self.rel_pos_emb[n - width:n + width - 1].unsqueeze(0), None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self.pool(self._lambda(x))
+
+
 λLayer = LambdaLayer
 
-__all__ = ["LambdaLayer", "λLayer"]
+__all__ = ["LambdaLayer", "LambdaLayer1d", "λLayer"]

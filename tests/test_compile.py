@@ -1,4 +1,5 @@
-"""torch.compile over the layer and the op with the C++ CPU kernels (fake impls + autograd)."""
+"""torch.compile over the op and the layers: one graph (no graph breaks), forward and backward
+equal to eager, the back-end choice still honouring `backend=` and LAMBDA_KERNELS_BACKEND."""
 import copy
 
 import pytest
@@ -6,19 +7,26 @@ import torch
 
 import lambda_kernels
 from helpers import make_inputs
-from lambda_kernels import LambdaLayer
-from lambda_kernels.functional import LambdaFunction
+from lambda_kernels import LambdaLayer, LambdaLayer1d, lambda_op
+from lambda_kernels.functional import ENV_BACKEND
 
-pytestmark = pytest.mark.skipif(lambda_kernels.available_backends("cpu")["cpu"] is not None,
-                                reason="cpu back end not available")
+CPU_RUNS = lambda_kernels.available_backends("cpu")["cpu"] is None
+COMPILED_BACKENDS = ["cpu", "reference"] if CPU_RUNS else ["reference"]
 
 
-def test_compiled_op_fullgraph_matches_eager():
+def _graph_breaks(fn, *args) -> int:
+    torch._dynamo.reset()
+    return torch._dynamo.explain(fn)(*args).graph_break_count
+
+
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+def test_compiled_op_fullgraph_matches_eager(backend):
     inputs = make_inputs(dtype=torch.float32, requires_grad=True, seed=1)
 
     def op(q, keys, values, pos_table, bias):
-        return LambdaFunction.apply(q, keys, values, pos_table, bias, "cpu")
+        return lambda_op(q, keys, values, pos_table, bias, backend=backend)
 
+    assert _graph_breaks(op, *inputs) == 0
     compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
     y_eager = op(*inputs)
     y_compiled = compiled(*inputs)
@@ -29,14 +37,42 @@ def test_compiled_op_fullgraph_matches_eager():
         torch.testing.assert_close(g_c, g_e)
 
 
-def test_compiled_layer_matches_eager_with_inductor():
-    layer = LambdaLayer(8, dim_k=4, r=5, heads=2, dim_u=2, backend="cpu")
+def _layers():
+    yield "local", LambdaLayer(8, dim_k=4, r=5, heads=2, dim_u=2), (2, 8, 6, 5)
+    yield "global-stride2", LambdaLayer(8, dim_k=4, n=6, heads=2, stride=2), (2, 8, 6, 4)
+    yield "1d", LambdaLayer1d(8, dim_k=4, r=5, heads=2), (2, 8, 9)
+
+
+@pytest.mark.parametrize("backend", COMPILED_BACKENDS)
+@pytest.mark.parametrize("name", [name for name, _, _ in _layers()])
+def test_compiled_layer_fullgraph_inductor_matches_eager(name, backend):
+    _, layer, shape = next(item for item in _layers() if item[0] == name)
+    layer.backend = backend
+    x = torch.randn(*shape, requires_grad=True)
+    assert _graph_breaks(copy.deepcopy(layer), x) == 0
     # A twin, so the batch-norm running statistics each run updates are its own.
-    compiled = torch.compile(copy.deepcopy(layer))
-    x = torch.randn(2, 8, 6, 5, requires_grad=True)
+    compiled = torch.compile(copy.deepcopy(layer), fullgraph=True)
     y_eager = layer(x)
     y_compiled = compiled(x)
+    assert compiled.last_backend == backend == layer.last_backend
     torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
-    (g_eager,) = torch.autograd.grad(y_eager.sum(), x)
-    (g_compiled,) = torch.autograd.grad(y_compiled.sum(), x)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-5)
+    (g_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
+    (g_compiled,) = torch.autograd.grad(y_compiled.square().sum(), x)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_layer_honours_the_environment_variable(monkeypatch):
+    monkeypatch.setenv(ENV_BACKEND, "reference")
+    layer = LambdaLayer(8, dim_k=4, r=3, heads=2)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    compiled(torch.randn(1, 8, 5, 5))
+    assert layer.last_backend == "reference"
+
+
+def test_compiled_layer_raises_for_a_back_end_that_cannot_run():
+    layer = LambdaLayer(8, dim_k=4, r=3, heads=2, backend="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="backend 'cuda' cannot run"):
+        compiled(torch.randn(1, 8, 5, 5))

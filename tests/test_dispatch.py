@@ -27,7 +27,7 @@ def test_available_backends_lists_every_registered_back_end_with_reasons():
 def test_auto_on_cpu_picks_the_first_runnable_cpu_back_end():
     inputs = make_inputs(dtype=torch.float32)
     expected = next(b.name for b in backends.auto_candidates("cpu")
-                    if b.can_run(*inputs) is None)
+                    if b.can_run("cpu", torch.float32) is None)
     assert select_backend(*inputs) == expected
     if lambda_kernels.available_backends("cpu")["cpu"] is None:
         assert expected == "cpu"

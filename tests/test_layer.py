@@ -139,3 +139,118 @@ def test_backend_argument_pins_and_reports():
     layer(torch.randn(1, 4, 3, 3))
     assert layer.last_backend == "reference"
     assert "backend='reference'" in repr(layer)
+
+
+# ------------------------------------------------------------------ gradients of the whole layer
+ALL_CPU_BACKENDS = [name for name, reason in lambda_kernels.available_backends(
+    "cpu", torch.float64).items() if reason is None]
+
+
+@pytest.mark.parametrize("backend", ALL_CPU_BACKENDS)
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("context", ["local", "global"])
+def test_layer_gradcheck_float64(backend, batch, train, context):
+    """Input and every parameter, float64, batch 1 included (einsum backward hands batch norm a
+    (1, C, H, W) gradient with strides (1, 1, W·C, C), which torch 2.14's CPU BatchNorm backward
+    gets wrong: the op must return dense gradients)."""
+    kwargs = dict(r=3) if context == "local" else dict(n=4)
+    layer = LambdaLayer(4, dim_k=2, heads=2, dim_u=2, backend=backend, **kwargs).double()
+    _perturb(layer)
+    layer.train(train)
+    params = {name: p.detach().clone().requires_grad_() for name, p in layer.named_parameters()}
+    buffers = {name: b.clone() for name, b in layer.named_buffers()}
+    x = torch.randn(batch, 4, 3, 4, dtype=torch.float64, requires_grad=True)
+    names = list(params)
+
+    def fn(x, *param_values):
+        state = {**buffers, **dict(zip(names, param_values))}
+        return torch.func.functional_call(layer, state, (x,))
+
+    assert torch.autograd.gradcheck(fn, (x, *params.values()), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert layer.last_backend == backend
+
+
+@pytest.mark.parametrize("backend", ALL_CPU_BACKENDS)
+def test_layer_gradient_does_not_depend_on_the_output_gradient_layout(backend):
+    """The strided-gradient repro on the layer: an output gradient laid out (1, C, H, W) with
+    strides (1, 1, W·C, C) gives the same gradients as the same values laid out contiguously."""
+    layer = LambdaLayer(4, dim_k=2, r=3, heads=2, dim_u=2, backend=backend).double()
+    _perturb(layer)
+    x = torch.randn(1, 4, 4, 4, dtype=torch.float64)
+    grad = torch.randn(1, 4, 4, 4, dtype=torch.float64)
+    strided = torch.empty_strided((1, 4, 4, 4), (1, 1, 16, 4), dtype=torch.float64)
+    strided.copy_(grad)
+    results = []
+    for g in (grad, strided):
+        layer.zero_grad()
+        x_leaf = x.clone().requires_grad_()
+        layer(x_leaf).backward(g)
+        results.append([x_leaf.grad] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------ stride and sequences
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("size", [(6, 8), (7, 5)])
+def test_stride_average_pools_the_stride_1_output(backend, size):
+    plain = LambdaLayer(6, dim_k=3, r=5, heads=2, backend=backend).eval()
+    strided = LambdaLayer(6, dim_k=3, r=5, heads=2, stride=2, backend=backend).eval()
+    strided.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(2, 6, *size)
+    y = strided(x)
+    assert tuple(y.shape) == (2, 6, size[0] // 2, size[1] // 2)
+    torch.testing.assert_close(y, torch.nn.functional.avg_pool2d(plain(x), 2))
+    assert "stride=2" in repr(strided)
+
+
+def _layer_1d_reference(layer, x):
+    """LambdaLayer1d from first principles: the reference op on the sequence as a 1 × L map."""
+    q, keys, values, pos_table, bias = layer.project(x)
+    return lambda_kernels.reference.lambda_reference(q, keys, values, pos_table, bias)
+
+
+@pytest.mark.parametrize("backend", ALL_CPU_BACKENDS)
+@pytest.mark.parametrize("kwargs", [dict(r=5, dim_u=2), dict(r=9, heads=1), dict(n=7, dim_u=3)],
+                         ids=["r5u2", "r9h1", "n7u3"])
+@pytest.mark.parametrize("length", [1, 4, 7])
+def test_layer_1d_matches_reference_and_gradcheck(backend, kwargs, length):
+    from lambda_kernels import LambdaLayer1d
+
+    kwargs = {"heads": 2, **kwargs}
+    layer = LambdaLayer1d(6, dim_k=3, dim_out=4, backend=backend, **kwargs).double()
+    _perturb(layer)
+    x = torch.randn(2, 6, length, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert tuple(y.shape) == (2, 4, length) and layer.last_backend == backend
+    expected = _layer_1d_reference(layer, x).reshape(y.shape)
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_layer_1d_equals_the_2d_layer_on_a_map_of_height_1():
+    from lambda_kernels import LambdaLayer1d
+
+    seq = LambdaLayer1d(6, dim_k=3, r=5, heads=2, dim_u=2, stride=2).eval()
+    image = LambdaLayer(6, dim_k=3, r=5, heads=2, dim_u=2).eval()
+    state = {name: t.reshape(image.state_dict()[name].shape) if name.startswith("to_") else t
+             for name, t in seq.state_dict().items()}
+    state["pos_conv.weight"] = seq.pos_conv.weight.detach().reshape(3, 2, 1, 1, 5).expand(
+        3, 2, 1, 5, 5) * torch.tensor([0, 0, 1, 0, 0.]).view(1, 1, 1, 5, 1)
+    image.load_state_dict(state, strict=True)
+    x = torch.randn(2, 6, 9)
+    expected = torch.nn.functional.avg_pool1d(image(x.unsqueeze(2)).squeeze(2), 2)
+    torch.testing.assert_close(seq(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_1d_rejects_bad_input():
+    from lambda_kernels import LambdaLayer1d
+
+    layer = LambdaLayer1d(4, dim_k=2, n=5, heads=2)
+    with pytest.raises(ValueError, match=r"\(B, dim, L\) with dim = 4"):
+        layer(torch.randn(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="L <= 5; x has L=6"):
+        layer(torch.randn(1, 4, 6))
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        LambdaLayer1d(4, dim_k=2, r=3, stride=0)

@@ -200,12 +200,10 @@ def test_interpreter_opcheck():
 
 @needs_interpreter
 def test_interpreter_torch_compile_aot_eager():
-    from lambda_kernels.functional import LambdaFunction
-
     inputs = _make("base", torch.float32, "cpu")
 
     def fn(*args):
-        return LambdaFunction.apply(*args, "triton")
+        return lambda_op(*args, backend="triton")
 
     lambda_op(*inputs, backend="triton")  # loads the registry outside the compiled region
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
@@ -220,7 +218,7 @@ def test_interpreter_torch_compile_aot_eager():
 @needs_interpreter
 def test_interpreter_refuses_bfloat16():
     inputs = make_inputs(dtype=torch.bfloat16)
-    reason = triton_backend.BACKEND.can_run(*inputs)
+    reason = triton_backend.BACKEND.can_run("cpu", inputs[0].dtype)
     assert reason is not None and "bfloat16" in reason
     with pytest.raises(BackendUnavailableError, match="interpreter"):
         lambda_op(*inputs, backend="triton")
@@ -261,20 +259,18 @@ def test_reason_without_interpreter(monkeypatch):
     if lk_triton is None:
         pytest.skip(_IMPORT_ERROR)
     monkeypatch.setattr(triton_backend, "interpreter_active", lambda: False)
-    reason = triton_backend.BACKEND.can_run(*make_inputs(dtype=torch.float32))
+    reason = triton_backend.BACKEND.can_run("cpu", torch.float32)
     assert reason == "set TRITON_INTERPRET=1 to run Triton on CPU tensors"
 
 
 def test_reason_triton_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # makes `import triton` raise ImportError
-    reason = triton_backend.BACKEND.can_run(*make_inputs(dtype=torch.float32))
+    reason = triton_backend.BACKEND.can_run("cpu", torch.float32)
     assert reason is not None and "triton is not importable" in reason
 
 
 def test_reason_other_device():
-    probe = [torch.zeros(1, 1, 1, 1, 1, device="meta")] * 3 + [
-        torch.zeros(1, 1, 1, 1, device="meta")]
-    reason = triton_backend.BACKEND.can_run(*probe, None)
+    reason = triton_backend.BACKEND.can_run("meta", torch.float32)
     if lk_triton is not None:
         assert reason is not None and "meta" in reason
 
@@ -331,12 +327,10 @@ def test_cuda_opcheck():
 @pytest.mark.gpu
 def test_cuda_torch_compile():
     """The ops are triton_ops: inductor traces into them (fullgraph, forward and backward)."""
-    from lambda_kernels.functional import LambdaFunction
-
     inputs = _make("base", torch.float32, "cuda")
 
     def fn(*args):
-        return LambdaFunction.apply(*args, "triton")
+        return lambda_op(*args, backend="triton")
 
     y_eager = lambda_op(*inputs, backend="triton")  # loads the registry outside the graph
     compiled = torch.compile(fn, fullgraph=True)

@@ -3,8 +3,9 @@
 A back end is either *fused* (four ops: content_lambda, content_lambda_backward, lambda_output,
 lambda_output_backward, glued by one autograd.Function in functional.py) or *differentiable*
 (one `forward` that autograd differentiates, like the einsum reference). Each has a
-`can_run(q, keys, values, pos_table, bias)` that returns None when it can run those inputs, or
-the reason it cannot ("not compiled", "no GPU", "dtype unsupported", "triton missing", ...).
+`can_run(device_type, dtype)` that returns None when it can run inputs of that device type and
+dtype, or the reason it cannot ("not compiled", "no GPU", "dtype unsupported", "triton
+missing", ...), and a `variant()` naming what would run (e.g. the CPU instruction set), or None.
 
 Back-end modules register themselves on import (see _BUILTIN below). `auto` tries, in priority
 order, the back ends whose `auto_devices` include the input's device type.
@@ -35,11 +36,12 @@ class Backend:
     description: str
     priority: int  # lower runs first under `auto`
     auto_devices: tuple[str, ...]  # device types where `auto` may choose it
-    can_run: Callable[..., Reason]
+    can_run: Callable[[str, torch.dtype], Reason]
     ops: Optional[Callable[[], FusedOps]] = None  # fused: returns the ops (loaded lazily)
     forward: Optional[Callable[..., torch.Tensor]] = None  # differentiable back ends
     dtypes: tuple[torch.dtype, ...] = field(
         default=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
+    variant: Callable[[], Optional[str]] = lambda: None
 
 
 _REGISTRY: dict[str, Backend] = {}

@@ -19,9 +19,9 @@ def _ops() -> FusedOps:
 
 
 def _make_can_run(device_type: str, dispatch_key: str, backend_name: str):
-    def can_run(q, keys, values, pos_table, bias):
-        if q.device.type != device_type:
-            return f"runs on {device_type} tensors, got {q.device.type}"
+    def can_run(input_device_type, dtype):
+        if input_device_type != device_type:
+            return f"runs on {device_type} tensors, got {input_device_type}"
         if device_type == "cuda" and not torch.cuda.is_available():
             return "no CUDA device available"
         reason = _ext.load()
@@ -31,7 +31,7 @@ def _make_can_run(device_type: str, dispatch_key: str, backend_name: str):
         if missing:
             return (f"extension built without {dispatch_key} kernels for {', '.join(missing)}"
                     + (" (rebuild with LAMBDA_KERNELS_WITH_CUDA=1)" if device_type == "cuda" else ""))
-        return dtype_reason(BACKENDS[backend_name], q.dtype)
+        return dtype_reason(BACKENDS[backend_name], dtype)
 
     return can_run
 

@@ -52,18 +52,17 @@ def _interpreter_reason():
     return None
 
 
-def _can_run(q, keys, values, pos_table, bias):
+def _can_run(device: str, dtype: torch.dtype):
     # Cheap checks first: never import triton (which fixes the interpreter mode for the whole
     # process) just to answer for a device or mode that cannot run anyway.
-    device = q.device.type
     if device == "cpu":
         if not interpreter_active():
             return "set TRITON_INTERPRET=1 to run Triton on CPU tensors"
         reason = _triton_import_reason() or _interpreter_reason()
         if reason is not None:
             return reason
-        if q.dtype not in _INTERPRETER_DTYPES:
-            return (f"dtype {q.dtype} unsupported by the Triton CPU interpreter "
+        if dtype not in _INTERPRETER_DTYPES:
+            return (f"dtype {dtype} unsupported by the Triton CPU interpreter "
                     "(supports torch.float16, torch.float32)")
         return None
     if device != "cuda":
@@ -76,7 +75,7 @@ def _can_run(q, keys, values, pos_table, bias):
                 "unset it to run on CUDA tensors")
     if not torch.cuda.is_available():
         return "no CUDA device available"
-    return dtype_reason(BACKEND, q.dtype)
+    return dtype_reason(BACKEND, dtype)
 
 
 def _ops() -> FusedOps:

@@ -58,3 +58,6 @@ def lambda_output_backward(dy: torch.Tensor, q: torch.Tensor, values: torch.Tens
                            pos_table: torch.Tensor, lam: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _output.lambda_output_backward(dy, q, values, pos_table, lam, launch=wrap_triton)
+
+
+_meta.register_autograd(NAMESPACE)
