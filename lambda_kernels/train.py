@@ -264,12 +264,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                labels: torch.Tensor, *, device: torch.device, dtype: Optional[torch.dtype] = None,
                scaler: Optional[torch.amp.GradScaler] = None,
                label_smoothing: float = 0.0) -> tuple[float, int]:
-    """Forward, backward and optimizer step on one batch; (mean loss, correct predictions)."""
-    model.train()
+    """Forward, backward and optimizer step on one batch, in the model's current mode;
+    (mean loss, correct predictions)."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, dtype):
-        logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        logits = _at_least_float32(model(images))
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -278,6 +278,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
         loss.backward()
         optimizer.step()
     return loss.item(), int((logits.argmax(1) == labels).sum())
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """The loss of autocast (bf16/fp16) logits in float32; float64 models stay float64."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 @torch.no_grad()
@@ -291,7 +296,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
                                world_size=dist.world_size, shuffle=False):
         x, y = _to_device(images[index], labels[index], device, channels_last)
         with autocast(device, dtype):
-            logits = model(x).float()
+            logits = _at_least_float32(model(x))
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         count += len(y)
@@ -422,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--backend", default="auto",
                    help="lambda back end of every layer: auto, cpu, cuda, triton, reference")
     m.add_argument("--sync-bn", action="store_true",
-                   help="DDP: nn.SyncBatchNorm (CUDA only; CPU batch norms stay per process)")
+                   help="DDP on CUDA: batch-norm statistics over all processes (SyncBatchNorm)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=10)
     o.add_argument("--batch-size", type=int, default=64, help="per process (default 64)")
@@ -474,6 +479,9 @@ def run(args) -> list[dict]:
     dist, device = setup_distributed(args.device)
     log = print if dist.is_main else (lambda *a, **k: None)
     dtype = amp_dtype(args, device)
+    if args.sync_bn and dist.enabled and device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices: torch synchronises batch norms (and lets "
+                         "DDP wrap SyncBatchNorm) on GPUs only")
     data = load_dataset(args)
 
     torch.manual_seed(args.seed)
@@ -527,6 +535,7 @@ def run(args) -> list[dict]:
         generator = torch.Generator().manual_seed(args.seed * 100_003 + epoch + 1)
         bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{args.epochs}", enabled=show_bar)
         step_losses, loss_sum, correct, seen = [], 0.0, 0, 0
+        net.train()
         start = time.perf_counter()
         for index in batches:
             images = data.train_images[index]
