@@ -55,7 +55,10 @@ needs_cuda = pytest.mark.skipif(not _HAS_CUDA or INTERPRETED or lk_triton is Non
 SCALED_TOL = {torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 # (batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw, bias): odd sizes, H or W = 1,
-# windows larger than the image, global-context-sized tables, u > 1, heads = 1.
+# windows larger than the image, global-context-sized tables, u > 1, heads = 1; rows, windows
+# and v that the kernels' tiles do not divide (several position tiles per row with a partial
+# last one, window widths and v between powers of two, v split over several tiles at fp32);
+# more heads than one tile holds.
 CASES = {
     "base": (2, 2, 4, 1, 4, 7, 5, 3, 3, True),
     "h1_row": (2, 1, 4, 1, 4, 1, 5, 3, 3, False),
@@ -63,8 +66,11 @@ CASES = {
     "u3_k5_v3_rect_table": (2, 3, 5, 3, 3, 5, 4, 3, 5, True),
     "global_table": (2, 2, 4, 2, 4, 3, 4, 5, 7, False),
     "window_exceeds_image": (1, 2, 4, 2, 6, 2, 3, 7, 9, True),
+    "tiles_not_dividing": (1, 3, 4, 1, 20, 3, 19, 5, 7, True),
+    "wide_row_h1": (1, 1, 3, 1, 3, 2, 37, 3, 11, True),
+    "heads17": (1, 17, 2, 1, 2, 2, 3, 3, 3, False),
 }
-FAST_CASES = ["base", "u3_k5_v3_rect_table"]
+FAST_CASES = ["base", "u3_k5_v3_rect_table", "tiles_not_dividing", "wide_row_h1"]
 
 
 def _make(case, dtype, device, seed=0):
@@ -120,14 +126,6 @@ def test_interpreter_matches_reference_fp32(case):
 @pytest.mark.parametrize("case", FAST_CASES)
 def test_interpreter_matches_reference_fp16(case):
     _check_against_reference(case, torch.float16, "cpu")
-
-
-@needs_interpreter
-@pytest.mark.parametrize("case", FAST_CASES)
-def test_interpreter_tl_dot_path(case, monkeypatch):
-    """The GPU code path (tiles padded to 16, tl.dot) run through the interpreter."""
-    monkeypatch.setenv("LAMBDA_KERNELS_TRITON_FORCE_DOT", "1")
-    _check_against_reference(case, torch.float32, "cpu")
 
 
 def _assert_backward_deterministic(inputs):
@@ -240,18 +238,55 @@ def test_interpreter_suite_in_subprocess():
 
 
 def test_kernels_compile_for_gpu_without_gpu():
-    """Every kernel compiles to a cubin for sm_80 and sm_90 in fp32/fp16/bf16 with the tl.dot
-    path (no GPU needed: Triton ships ptxas); run in a subprocess without the interpreter."""
+    """Every kernel compiles to a cubin for sm_80 and sm_90 in bf16 and fp32 as a launch on the
+    GPU headline shape compiles it (no GPU needed: Triton ships ptxas), and meets the static
+    targets: MMA instructions in the window loop of every positional kernel (16-bit inputs), no
+    register spills at the default configurations. Runs in a subprocess without the
+    interpreter."""
     if lk_triton is None:
         pytest.skip(_IMPORT_ERROR)
     env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for arch in ("80", "90"):
-        proc = subprocess.run([sys.executable, "-m", "lambda_kernels.triton.compile_check",
-                               "--arch", arch], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert proc.stdout.count("ok  sm_") == 24
+    proc = subprocess.run([sys.executable, "-m", "lambda_kernels.triton.compile_check", "--check",
+                           "--arch", "80", "90", "--dtypes", "bf16", "fp32"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "32 kernels compiled, 0 miss a target" in proc.stdout, proc.stdout[-4000:]
+
+
+@pytest.mark.parametrize("shape", ["headline", "resnet-14-r23", "global-64", "tiny-h1"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):
+    """Every configuration the autotuner may time (the prune run as on a GPU) has tl.dot operands
+    of at least 16 rows/targets, is no wider than the image row unless nothing narrower is valid,
+    and fits the register and shared-memory budgets unless it is the only fallback."""
+    if lk_triton is None:
+        pytest.skip(_IMPORT_ERROR)
+    from lambda_kernels.triton import _common, compile_check
+    from lambda_kernels.triton import lambda_output as output
+    monkeypatch.setattr(_common, "INTERPRETED", False)  # the GPU's choice: every fitting config
+    monkeypatch.setitem(compile_check.SHAPES, "tiny-h1", (1, 1, 3, 2, 5, 2, 5, 3, 7))
+    kinds = {kernel: kind for kind, (kernel, _) in output._KERNELS.items()}
+    width = compile_check.SHAPES[shape][6]
+    checked = 0
+    for launch in compile_check.launches_for(compile_check.SHAPES[shape], dtype):
+        _, _, jit_fn = compile_check._unwrap(launch.kernel)
+        if jit_fn not in kinds:
+            continue
+        kind = kinds[jit_fn]
+        args = {**dict(zip(jit_fn.arg_names, launch.args)), **launch.kwargs}
+        chosen = launch.kernel.early_config_prune(launch.kernel.configs, args)
+        assert chosen, kind
+        narrowest = min(c.kwargs["BLOCK_T"] for c in chosen)
+        for config in chosen:
+            block_t = config.kwargs["BLOCK_T"]
+            rows = block_t if kind == "dvalues" else args["BLOCK_H"] * block_t
+            assert rows >= 16 and (kind != "dvalues" or block_t >= 16), (kind, config)
+            assert block_t <= max(output.pow2(width), narrowest), (kind, config)
+            if len(chosen) > 1:
+                assert _common.fits_budgets(*output.footprint(kind, args, config)), (kind, config)
+        checked += 1
+    assert checked == 4
 
 
 # ------------------------------------------------------------------ selection reasons

@@ -1,10 +1,11 @@
-"""Shared pieces of the Triton kernels: block-size choice, the interpreter flag, the index/mask
-prologue and masked tile loads every kernel starts with, and a small matrix product that uses
-tl.dot when the tile shapes allow it (every dimension >= 16, on a GPU) and a
-broadcast-multiply-sum otherwise (tiny tiles, the CPU interpreter)."""
+"""Shared pieces of the Triton kernels: the interpreter flag, block sizes, the index/mask prologue
+and masked tile loads every kernel starts with, the budgets that autotuning configurations are
+pruned against, and the launch records (kernel, grid, arguments) that the ops run and the
+compile check compiles."""
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 import triton
 import triton.language as tl
@@ -23,25 +24,25 @@ if INTERPRETED and type(tl.zeros).__name__ != "InterpretedFunction":
     INTERPRETER_BROKEN = ("triton was imported before TRITON_INTERPRET=1 was set; set it before "
                           "anything imports triton")
 
-# Smallest tile dimension tl.dot accepts.
+# Smallest extent of every tl.dot operand dimension (the m16n8k16 MMA shape): channel, window and
+# halo tiles are padded up to it, under the interpreter too, so the interpreter runs the GPU path.
 DOT_MIN = 16
-# Set to 1 to force the tl.dot path (tiles padded to DOT_MIN) even under the interpreter, so
-# that path is testable without a GPU. Read at every launch.
-FORCE_DOT_ENV = "LAMBDA_KERNELS_TRITON_FORCE_DOT"
+
+# Budgets every sm_80+ GPU meets, for pruning autotuning configurations before they are compiled:
+# 99 KiB of shared memory per block (sm_86/sm_89; A100 has 163, H100 227) and 255 registers per
+# thread, of which tiles may take about two thirds (addresses, masks and MMA fragments being
+# reshuffled need the rest; the compile check confirms the default configurations do not spill).
+SHARED_MEMORY_BUDGET = 99 * 1024
+TILE_REGISTER_BUDGET = 168
 
 
 def pow2(n: int, at_least: int = 1) -> int:
     return max(at_least, triton.next_power_of_2(max(1, int(n))))
 
 
-def dot_allowed() -> bool:
-    """Whether kernels should pad their channel tiles to DOT_MIN and use tl.dot."""
-    return os.environ.get(FORCE_DOT_ENV, "0") == "1" or not INTERPRETED
-
-
 def channel_block(n: int) -> int:
-    """Tile size covering a channel dimension (k, v, u) of length n."""
-    return pow2(n, DOT_MIN if dot_allowed() else 1)
+    """Tile size covering a channel dimension (k, v, u) of length n, usable as a tl.dot operand."""
+    return pow2(n, DOT_MIN)
 
 
 def dot_precision(dtype) -> str:
@@ -51,17 +52,49 @@ def dot_precision(dtype) -> str:
 
 
 def position_block(n_positions: int, cap: int = 64) -> int:
-    return min(pow2(n_positions, DOT_MIN if dot_allowed() else 1), cap)
+    return min(pow2(n_positions, DOT_MIN), cap)
 
 
-@triton.jit
-def matmul_tile(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """(M, K) @ (K, N) in float32: tl.dot when allowed, else a broadcast multiply and sum."""
-    if USE_DOT:
-        out = tl.dot(a, b, input_precision=PRECISION)
-    else:
-        out = tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    return out
+def tile_footprint(register_tiles, shared_tiles, num_warps: int, num_stages: int = 1):
+    """(registers per thread, shared bytes) of a kernel whose live register tiles and
+    shared-memory-staged dot operands are given as (elements, bytes per element) pairs: register
+    tiles are spread over the 32·num_warps threads; staged operands take one buffer per stage."""
+    register_bytes = sum(elements * size for elements, size in register_tiles)
+    shared_bytes = sum(elements * size for elements, size in shared_tiles) * max(1, num_stages)
+    return -(-register_bytes // (4 * 32 * num_warps)), shared_bytes
+
+
+def fits_budgets(registers: int, shared_bytes: int) -> bool:
+    return registers <= TILE_REGISTER_BUDGET and shared_bytes <= SHARED_MEMORY_BUDGET
+
+
+def choose_configs(configs, footprint):
+    """The autotuning configurations (all able to run the shape) that fit the budgets
+    (`footprint(config)` -> (registers, shared bytes)), in their listed order: the first is the
+    default. The lightest one when none fits. Under the interpreter only the default: there is
+    nothing to time."""
+    if not configs:
+        raise ValueError("no tile configuration can run this shape")
+    sized = [(footprint(c), c) for c in configs]
+    chosen = [c for fp, c in sized if fits_budgets(*fp)]
+    if not chosen:
+        chosen = [min(sized, key=lambda item: item[0])[1]]
+    return chosen[:1] if INTERPRETED else chosen
+
+
+class Launch(NamedTuple):
+    """One kernel launch: `kernel[grid](*args, **kwargs)` (grid a tuple or a function of the
+    meta-parameters). The ops run these; the compile check compiles them without a GPU."""
+
+    kernel: Any
+    grid: Any
+    args: tuple
+    kwargs: dict
+
+
+def run_launches(launches, launch=lambda kernel: kernel) -> None:
+    for item in launches:
+        launch(item.kernel)[item.grid](*item.args, **item.kwargs)
 
 
 @triton.jit
@@ -73,9 +106,10 @@ def block_range(start, BLOCK: tl.constexpr, size):
 
 @triton.jit
 def load_tile(ptr, rows, row_stride, row_mask, cols, col_stride, col_mask):
-    """float32 tile ptr[rows[i]·row_stride + cols[j]·col_stride], zero where either mask is off."""
+    """Tile ptr[rows[i]·row_stride + cols[j]·col_stride] in the tensor's dtype, zero where either
+    mask is off."""
     return tl.load(ptr + rows[:, None] * row_stride + cols[None, :] * col_stride,
-                   mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+                   mask=row_mask[:, None] & col_mask[None, :], other=0.0)
 
 
 def offset_range(radius_table: int, extent: int) -> tuple[int, int]:

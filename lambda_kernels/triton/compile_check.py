@@ -1,77 +1,363 @@
-"""Compile every Triton kernel of this package ahead of time for a GPU architecture, without a
-GPU (Triton ships ptxas): catches type errors, tl.dot shape constraints and register spills
-before a GPU run. Must run without TRITON_INTERPRET.
+"""Static evidence for the Triton kernels, without a GPU: every kernel of the package is compiled
+to a cubin for the given architectures and dtypes exactly as a launch on a shape would compile
+it (the launch records of the ops, the default autotuning configuration after pruning, Triton's
+own argument specialisation), then inspected with the tools Triton ships:
 
-    python -m lambda_kernels.triton.compile_check [--arch 90] [--dtypes fp32 fp16 bf16]
+- registers, spill stores/loads and stack frame (ptxas -v on the generated PTX),
+- shared memory (Triton's metadata),
+- the SASS instruction mix of the main loop (the outermost backward branch of the kernel,
+  nvdisasm): MMA (HMMA / HGMMA) against FFMA, FMUL, FADD, SHFL and memory instructions.
+
+Targets (--check exits non-zero when one fails): the window loop of every positional kernel
+contains MMA instructions for 16-bit inputs (fp32 inputs use IEEE fp32 FMA on purpose: no MMA
+exists for them without TF32), and no kernel spills at its default configuration.
+
+    python -m lambda_kernels.triton.compile_check [--arch 80 90] [--dtypes bf16 fp32]
+        [--shape headline] [--all-configs] [--markdown FILE] [--check]
+
+Must run without TRITON_INTERPRET (the interpreter compiles nothing).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
 
-# Kernels' float32-only buffers (statistics, row dots, partial sums).
-_FLOAT32_BUFFERS = {"stats_ptr", "rowdot_ptr", "partial_ptr"}
+# (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols): the GPU headline of
+# the benchmarks (lambda-bench --preset gpu-headline) and the LambdaResNet stage shapes.
+SHAPES = {
+    "headline": (32, 4, 16, 1, 64, 56, 56, 23, 23),
+    "resnet-56-r23": (2, 4, 16, 1, 32, 56, 56, 23, 23),
+    "resnet-28-r9": (2, 4, 16, 1, 64, 28, 28, 9, 9),
+    "resnet-14-r23": (2, 4, 16, 1, 128, 14, 14, 23, 23),
+    "global-64": (1, 4, 16, 1, 8, 64, 64, 127, 127),
+}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+POSITIONAL_KERNELS = ("lambda_output_fwd_kernel", "lambda_output_bwd_dq_kernel",
+                      "lambda_output_bwd_dvalues_kernel",
+                      "lambda_output_bwd_dtable_partial_kernel")
+MIX_COLUMNS = ("MMA", "FFMA", "FMUL", "FADD", "SHFL", "LDG", "LDS", "STS", "BAR", "all")
 
 
-def _kernels():
-    from . import content_lambda, lambda_output
-    return [
-        content_lambda.content_lambda_fwd_kernel,
-        content_lambda.content_lambda_bwd_rowdot_kernel,
-        content_lambda.content_lambda_bwd_kernel,
-        lambda_output.lambda_output_fwd_kernel,
-        lambda_output.lambda_output_bwd_dq_kernel,
-        lambda_output.lambda_output_bwd_dvalues_kernel,
-        lambda_output.lambda_output_bwd_dlam_partial_kernel,
-        lambda_output.lambda_output_bwd_dtable_partial_kernel,
-    ]
+@dataclass
+class Report:
+    kernel: str
+    arch: int
+    dtype: str
+    config: dict
+    registers: int = -1
+    spill_stores: int = -1
+    spill_loads: int = -1
+    stack: int = -1
+    shared: int = -1
+    loop_mix: Counter = field(default_factory=Counter)
+    kernel_mma: int = 0
+
+    @property
+    def positional(self) -> bool:
+        return self.kernel in POSITIONAL_KERNELS
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.spill_stores or self.spill_loads:
+            found.append(f"spills {self.spill_stores}/{self.spill_loads} bytes")
+        if self.positional and self.dtype != "fp32" and not self.loop_mix["MMA"]:
+            found.append("no MMA in the window loop")
+        return found
 
 
-def compile_all(arch: int = 90, dtypes=("fp32", "fp16", "bf16"), block_k=16, block_v=64,
-                block_n=64, num_warps=4, verbose=True):
+def _meta_inputs(shape, dtype):
+    import torch
+    b, heads, k, u, v, hh, ww, rh, rw = shape
+    meta = dict(device="meta", dtype=getattr(torch, DTYPES[dtype]))
+    return (torch.empty(b, heads, k, hh, ww, **meta), torch.empty(b, u, k, hh, ww, **meta),
+            torch.empty(b, u, v, hh, ww, **meta), torch.empty(rh, rw, k, u, **meta),
+            torch.empty(b, k, v, **meta))
+
+
+def launches_for(shape, dtype):
+    """Every kernel launch of the four ops for one shape (meta tensors: nothing runs)."""
+    import torch
+    from . import content_lambda as content
+    from . import lambda_output as output
+    q, keys, values, table, lam = _meta_inputs(shape, dtype)
+    lam_c = torch.empty_like(lam)
+    stats = torch.empty(keys.shape[:3], device="meta", dtype=torch.float32)
+    y = torch.empty(q.shape[0], q.shape[1], values.shape[2], *q.shape[3:], device="meta",
+                    dtype=q.dtype)
+    launches = content.content_launches(keys, values, lam_c, stats)
+    launches += content.content_backward_launches(lam_c, keys, values, stats,
+                                                  torch.empty_like(keys), torch.empty_like(values))
+    launches += output.forward_launches(q, values, table, lam, y)
+    launches += output.backward_launches(y, q, values, table, lam)[0]
+    return launches
+
+
+def _unwrap(kernel):
+    """(autotuner or None, heuristics wrappers, JITFunction) of a decorated kernel."""
+    from triton.runtime.autotuner import Autotuner, Heuristics
+    autotuner = kernel if isinstance(kernel, Autotuner) else None
+    inner = kernel.fn if autotuner else kernel
+    heuristics = []
+    while isinstance(inner, Heuristics):
+        heuristics.append(inner)
+        inner = inner.fn
+    return autotuner, heuristics, inner
+
+
+def resolve(launch, all_configs=False):
+    """[(JITFunction, bound arguments, constexpr values, options)] for the default configuration
+    of a launch (every configuration surviving the prune with all_configs)."""
+    autotuner, heuristics, jit_fn = _unwrap(launch.kernel)
+    named = dict(zip(jit_fn.arg_names, launch.args))
+    if autotuner is None:
+        configs = [None]
+    else:
+        configs = autotuner.configs
+        if autotuner.early_config_prune:
+            configs = autotuner.early_config_prune(configs, named, **launch.kwargs)
+        if not all_configs:
+            configs = configs[:1]
+    resolved = []
+    for config in configs:
+        kwargs = dict(launch.kwargs)
+        options = {"num_warps": 4, "num_stages": 3}
+        if config is not None:
+            kwargs.update(config.kwargs)
+            options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+        for wrapper in heuristics:
+            for name, rule in wrapper.values.items():
+                kwargs[name] = rule({**named, **kwargs})
+        resolved.append((jit_fn, named, kwargs, options))
+    return resolved
+
+
+def compile_one(jit_fn, named, constexpr_values, options, arch):
+    """Compile like a launch: Triton's own specialisation of the runtime arguments (values of 1
+    become constants, multiples of 16 and aligned pointers are marked divisible)."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.runtime.autotuner import Autotuner
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource, make_backend
 
     target = GPUTarget("cuda", arch, 32)
-    results = []
-    for dtype in dtypes:
-        constants = dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n, USE_DOT=True,
-                         PRECISION="ieee" if dtype == "fp32" else "tf32")
-        for kernel in _kernels():
-            fn = kernel.fn if isinstance(kernel, Autotuner) else kernel
-            signature, constexprs = {}, {}
-            for param in fn.params:
-                name = param.name
-                if param.is_constexpr:
-                    signature[name] = "constexpr"
-                    constexprs[name] = constants[name]
-                elif name.endswith("_ptr"):
-                    signature[name] = "*fp32" if name in _FLOAT32_BUFFERS else f"*{dtype}"
-                else:
-                    signature[name] = "i32"
-            compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                                      target=target, options={"num_warps": num_warps})
-            meta = compiled.metadata
-            row = (fn.__name__, dtype, getattr(meta, "shared", None))
-            results.append(row)
-            if verbose:
-                print(f"ok  sm_{arch} {dtype:4s} {fn.__name__:42s} shared={row[2]}")
-    return results
+    backend = make_backend(target)
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(jit_fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[name] = constexpr_values[name]
+            continue
+        kind, attr = native_specialize_impl(BaseBackend, named[name], False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = attr
+        elif attr:
+            attrs[(index,)] = backend.parse_attr(attr)
+    source = ASTSource(fn=jit_fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=target, options=options)
+
+
+def _tool(name):
+    from triton.backends.nvidia import compiler
+    if name == "ptxas":
+        return compiler.get_ptxas(90).path
+    return os.path.join(os.path.dirname(compiler.get_ptxas(90).path), name)
+
+
+def ptxas_usage(ptx: str, arch: int) -> dict:
+    """Registers, spills and stack frame from `ptxas -v`, with the flags Triton compiles with."""
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([_tool("ptxas"), "-lineinfo", "-v", "--regAllocOptLevel=2",
+                               f"--gpu-name={sm_arch_from_capability(arch)}", path, "-o",
+                               os.path.join(tmp, "kernel.cubin")],
+                              capture_output=True, text=True, check=True)
+    log = proc.stdout + proc.stderr
+
+    def number(pattern):
+        match = re.search(pattern, log)
+        return int(match.group(1)) if match else 0
+
+    return dict(registers=number(r"Used (\d+) registers"),
+                spill_stores=number(r"(\d+) bytes spill stores"),
+                spill_loads=number(r"(\d+) bytes spill loads"),
+                stack=number(r"(\d+) bytes stack frame"))
+
+
+_INSTRUCTION = re.compile(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+_BRANCH_TARGET = re.compile(r"`\((\.L_x_\d+)\)")
+
+
+def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
+    """(mnemonics in order, loops as (first, last) instruction indices) of a cubin: a loop is a
+    branch back to a label at or before it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        text = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True,
+                              check=True).stdout
+    mnemonics, labels, branches = [], {}, []
+    for line in text.splitlines():
+        label = _LABEL.match(line.strip())
+        if label:
+            labels[label.group(1)] = len(mnemonics)
+            continue
+        match = _INSTRUCTION.search(line)
+        if not match:
+            continue
+        mnemonics.append(match.group(1))
+        target = _BRANCH_TARGET.search(line)
+        if target and match.group(1) in ("BRA", "BRX", "JMP"):
+            branches.append((target.group(1), len(mnemonics) - 1))
+    loops = [(labels[name], at) for name, at in branches
+             if name in labels and labels[name] < at]
+    return mnemonics, loops
+
+
+def instruction_mix(mnemonics) -> Counter:
+    mix = Counter()
+    for op in mnemonics:
+        if op in ("HMMA", "HGMMA", "IMMA", "WGMMA"):
+            mix["MMA"] += 1
+        elif op in MIX_COLUMNS:
+            mix[op] += 1
+        elif op == "LDSM":
+            mix["LDS"] += 1
+    mix["all"] = len(mnemonics)
+    return mix
+
+
+def analyse(compiled, kernel, arch, dtype, config) -> Report:
+    report = Report(kernel, arch, dtype, config, shared=compiled.metadata.shared)
+    for name, value in ptxas_usage(compiled.asm["ptx"], arch).items():
+        setattr(report, name, value)
+    mnemonics, loops = sass_instructions(compiled.asm["cubin"])
+    report.kernel_mma = instruction_mix(mnemonics)["MMA"]
+    if loops:
+        first, last = max(loops, key=lambda span: span[1] - span[0])
+        report.loop_mix = instruction_mix(mnemonics[first:last + 1])
+    return report
+
+
+_CONFIG_NAMES = ("BLOCK_T", "BLOCK_H", "BLOCK_K", "BLOCK_V", "BLOCK_C", "BLOCK_J", "BLOCK_N")
+
+
+def _config_text(constexprs, options) -> str:
+    parts = [f"{name.removeprefix('BLOCK_')}={constexprs[name]}" for name in _CONFIG_NAMES
+             if name in constexprs]
+    return " ".join(parts + [f"w={options['num_warps']}", f"s={options['num_stages']}"])
+
+
+def run(archs=(80, 90), dtypes=("bf16", "fp32"), shape="headline", all_configs=False,
+        verbose=True) -> tuple[list[Report], list[Report]]:
+    """(default-configuration reports for every kernel × arch × dtype, reports of every
+    configuration surviving the prune at the first arch and dtype when all_configs)."""
+    defaults, sweep = [], []
+    for arch in archs:
+        for dtype in dtypes:
+            for launch in launches_for(SHAPES[shape], dtype):
+                jit_fn, named, constexprs, options = resolve(launch)[0]
+                compiled = compile_one(jit_fn, named, constexprs, options, arch)
+                report = analyse(compiled, jit_fn.__name__, arch, dtype,
+                                 _config_text(constexprs, options))
+                defaults.append(report)
+                if verbose:
+                    print(_line(report), flush=True)
+    if all_configs:
+        arch, dtype = archs[-1], dtypes[0]
+        for launch in launches_for(SHAPES[shape], dtype):
+            for jit_fn, named, constexprs, options in resolve(launch, all_configs=True):
+                if jit_fn.__name__ not in POSITIONAL_KERNELS:
+                    continue
+                compiled = compile_one(jit_fn, named, constexprs, options, arch)
+                report = analyse(compiled, jit_fn.__name__, arch, dtype,
+                                 _config_text(constexprs, options))
+                sweep.append(report)
+                if verbose:
+                    print("cfg " + _line(report), flush=True)
+    return defaults, sweep
+
+
+def _line(r: Report) -> str:
+    mix = " ".join(f"{name}={r.loop_mix[name]}" for name in MIX_COLUMNS)
+    verdict = "; ".join(r.problems()) or "ok"
+    return (f"{'ok ' if not r.problems() else 'BAD'} sm_{r.arch} {r.dtype:4s} {r.kernel:40s} "
+            f"regs={r.registers} spills={r.spill_stores}/{r.spill_loads} smem={r.shared} "
+            f"loop[{mix}] [{r.config}] {verdict}")
+
+
+def markdown(defaults, sweep, shape) -> str:
+    import triton
+    lines = [
+        "# Triton kernels: static compile check",
+        "",
+        f"`python -m lambda_kernels.triton.compile_check` (triton {triton.__version__}, no GPU): "
+        f"every kernel compiled for each architecture and dtype as a launch on the `{shape}` "
+        f"shape {SHAPES[shape]} (B, h, k, u, v, H, W, Rh, Rw) compiles it, at its default "
+        "configuration (the first autotuning configuration that survives pruning). Registers "
+        "and spills from `ptxas -v`; shared memory from Triton; instruction counts of the main "
+        "loop (the outermost backward branch) from `nvdisasm`. MMA = HMMA (mma.sync) + HGMMA "
+        "(wgmma). fp32 inputs use IEEE fp32 products (FFMA) on purpose.",
+        "",
+        "| kernel | arch | dtype | config | regs | spills (st/ld B) | smem B | "
+        + " | ".join(f"loop {c}" for c in MIX_COLUMNS) + " | kernel MMA | verdict |",
+        "|" + "---|" * (9 + len(MIX_COLUMNS)),
+    ]
+    for r in defaults:
+        lines.append(_row(r))
+    if sweep:
+        lines += ["", f"Every configuration surviving the prune for the positional kernels, "
+                  f"sm_{sweep[0].arch} {sweep[0].dtype} (what the autotuner times on a GPU):", "",
+                  "| kernel | arch | dtype | config | regs | spills (st/ld B) | smem B | "
+                  + " | ".join(f"loop {c}" for c in MIX_COLUMNS) + " | kernel MMA | verdict |",
+                  "|" + "---|" * (9 + len(MIX_COLUMNS))]
+        lines += [_row(r) for r in sweep]
+    return "\n".join(lines) + "\n"
+
+
+def _row(r: Report) -> str:
+    mix = " | ".join(str(r.loop_mix[c]) for c in MIX_COLUMNS)
+    return (f"| {r.kernel} | sm_{r.arch} | {r.dtype} | {r.config} | {r.registers} | "
+            f"{r.spill_stores}/{r.spill_loads} | {r.shared} | {mix} | {r.kernel_mma} | "
+            f"{'; '.join(r.problems()) or 'ok'} |")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--arch", type=int, default=90)
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16", "bf16"])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--shape", default="headline", choices=sorted(SHAPES))
+    parser.add_argument("--all-configs", action="store_true",
+                        help="also compile every configuration the autotuner would time for the "
+                             "positional kernels (last arch, first dtype)")
+    parser.add_argument("--markdown", metavar="FILE", help="write the report as markdown")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if a default configuration spills or a positional window "
+                             "loop has no MMA for 16-bit inputs")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter does not compile", file=sys.stderr)
         return 2
-    compile_all(args.arch, args.dtypes)
-    return 0
+    defaults, sweep = run(args.arch, args.dtypes, args.shape, args.all_configs)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(defaults, sweep, args.shape))
+    bad = [r for r in defaults if r.problems()]
+    print(f"{len(defaults)} kernels compiled, {len(bad)} miss a target")
+    return 1 if args.check and bad else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,17 @@ Math (keys (B,u,k,N), values (B,u,v,N), N = H·W positions; σ = softmax of keys
 
 The forward is an online softmax (running max and running sum per (b,u,k), rescaling the
 accumulator like flash attention) fused with the contraction against values: σ is never written
-to memory, only the log-sum-exp. Accumulation is float32 for every input dtype.
+to memory, only the log-sum-exp. Products are tl.dot with operands in the input dtype (the
+probabilities rounded to it, as attention rounds P; fp32 inputs: IEEE fp32) and float32
+accumulation.
+
+Cost model (per step: a tile of BLOCK_N positions for one (b, u, k-tile, v-tile), b bytes per
+element): forward 2·k·N_t·v FLOP (tl.dot) + k·N_t exponentials for (k + v)·N_t·b bytes, about
+k·v/(k+v)/b ≈ 6 FLOP per byte at k=16, v=64 in bf16; the backward's two kernels likewise
+(dσ = dλc·values, dvalues = dλcᵀ·σ). Far below an H100's ridge (~295 FLOP/B against HBM): all
+three are bound by HBM bandwidth, each tensor read (written) once or twice. At the GPU headline
+(B=32, 56×56, u=1, k=16, v=64, bf16) the forward reads 16 MB (~5 µs at 3.35 TB/s) for
+0.2 GFLOP, the backward moves ~45 MB (~14 µs): negligible next to the positional kernels.
 """
 from __future__ import annotations
 
@@ -20,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRETED, block_range, channel_block, dot_allowed, dot_precision,
-                      load_tile, matmul_tile, position_block)
+from ._common import (INTERPRETED, Launch, block_range, channel_block, dot_precision, load_tile,
+                      position_block, run_launches)
 
 
 def _fwd_configs():
@@ -36,7 +46,7 @@ def content_lambda_fwd_kernel(
     keys_ptr, values_ptr, lam_ptr, stats_ptr,
     U, K, V, N,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """One program: batch b, a tile of k and a tile of v; loops over u and positions."""
     b = tl.program_id(0)
@@ -63,7 +73,8 @@ def content_lambda_fwd_kernel(
             p = tl.exp(logits - safe_max[:, None])
             row_sum = row_sum * rescale + tl.sum(p, axis=1)
             vals_t = load_tile(values_base, n, 1, mask_n, offs_v, N, mask_v)
-            acc = acc * rescale[:, None] + matmul_tile(p, vals_t, USE_DOT, PRECISION)
+            acc = acc * rescale[:, None] + tl.dot(p.to(vals_t.dtype), vals_t,
+                                                  input_precision=PRECISION)
             row_max = new_max
         safe_sum = tl.where(row_sum > 0, row_sum, 1.0)
         lam += acc / safe_sum[:, None]
@@ -78,7 +89,7 @@ def content_lambda_bwd_rowdot_kernel(
     d_lam_ptr, keys_ptr, values_ptr, stats_ptr, rowdot_ptr,
     U, K, V, N,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """D[b,u,k] = Σ_m σ[b,u,k,m]·dσ[b,u,k,m]; one program per (b, u), all k and v."""
     bu = tl.program_id(0)
@@ -92,10 +103,10 @@ def content_lambda_bwd_rowdot_kernel(
     rowdot = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         n, mask_n = block_range(n0, BLOCK_N, N)
-        logits = load_tile(keys_base, offs_k, N, mask_k, n, 1, mask_n)
+        logits = load_tile(keys_base, offs_k, N, mask_k, n, 1, mask_n).to(tl.float32)
         sigma = tl.where(mask_k[:, None] & mask_n[None, :], tl.exp(logits - lse[:, None]), 0.0)
         vals = load_tile(values_base, offs_v, N, mask_v, n, 1, mask_n)
-        d_sigma = matmul_tile(d_lam, vals, USE_DOT, PRECISION)
+        d_sigma = tl.dot(d_lam, vals, input_precision=PRECISION)
         rowdot += tl.sum(sigma * d_sigma, axis=1)
     tl.store(rowdot_ptr + bu * K + offs_k, rowdot, mask=mask_k)
 
@@ -105,7 +116,7 @@ def content_lambda_bwd_kernel(
     d_lam_ptr, keys_ptr, values_ptr, stats_ptr, rowdot_ptr, d_keys_ptr, d_values_ptr,
     U, K, V, N,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dkeys = σ(dσ − D) and dvalues = Σ_k σ·dλc for one (b, u) and a tile of positions."""
     bu = tl.program_id(0)
@@ -122,14 +133,14 @@ def content_lambda_bwd_kernel(
     rowdot = tl.load(rowdot_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     keys_base = keys_ptr + bu.to(tl.int64) * K * N
     values_base = values_ptr + bu.to(tl.int64) * V * N
-    logits = load_tile(keys_base, offs_k, N, mask_k, n, 1, mask_n)
+    logits = load_tile(keys_base, offs_k, N, mask_k, n, 1, mask_n).to(tl.float32)
     sigma = tl.where(mask_kn, tl.exp(logits - lse[:, None]), 0.0)
     vals = load_tile(values_base, offs_v, N, mask_v, n, 1, mask_n)
-    d_sigma = matmul_tile(d_lam, vals, USE_DOT, PRECISION)
+    d_sigma = tl.dot(d_lam, vals, input_precision=PRECISION)
     d_keys = sigma * (d_sigma - rowdot[:, None])
     tl.store(d_keys_ptr + bu.to(tl.int64) * K * N + offs_k[:, None] * N + n[None, :],
              d_keys.to(d_keys_ptr.dtype.element_ty), mask=mask_kn)
-    d_vals = matmul_tile(d_lam_t, sigma, USE_DOT, PRECISION)
+    d_vals = tl.dot(d_lam_t, sigma.to(d_lam_t.dtype), input_precision=PRECISION)
     tl.store(d_values_ptr + bu.to(tl.int64) * V * N + offs_v[:, None] * N + n[None, :],
              d_vals.to(d_values_ptr.dtype.element_ty), mask=mask_vn)
 
@@ -141,41 +152,52 @@ def _sizes(keys, values):
     return b, u, k, v, n
 
 
+def content_launches(keys, values, lam_c, stats):
+    """The launch computing λc and the log-sum-exp stats from contiguous keys and values."""
+    b, u, k, v, n = _sizes(keys, values)
+    block_k = min(channel_block(k), 64)
+    block_v = min(channel_block(v), 64)
+    return [Launch(content_lambda_fwd_kernel,
+                   (b, triton.cdiv(k, block_k), triton.cdiv(v, block_v)),
+                   (keys, values, lam_c, stats, u, k, v, n),
+                   dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=position_block(n),
+                        PRECISION=dot_precision(keys.dtype)))]
+
+
+def content_backward_launches(d_lam_c, keys, values, stats, d_keys, d_values):
+    """The launches computing dkeys and dvalues of λc from contiguous inputs: the row dots
+    D = Σ_m σ·dσ first (into a (B, u, k) float32 buffer), then both gradients per tile."""
+    b, u, k, v, n = _sizes(keys, values)
+    rowdot = keys.new_empty((b, u, k), dtype=torch.float32)
+    block_k = channel_block(k)
+    block_v = channel_block(v)
+    block_n = position_block(n, cap=max(16, min(64, 8192 // max(block_k, block_v))))
+    meta = dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
+                PRECISION=dot_precision(keys.dtype))
+    return [
+        Launch(content_lambda_bwd_rowdot_kernel, (b * u,),
+               (d_lam_c, keys, values, stats, rowdot, u, k, v, n), meta),
+        Launch(content_lambda_bwd_kernel, (b * u, triton.cdiv(n, block_n)),
+               (d_lam_c, keys, values, stats, rowdot, d_keys, d_values, u, k, v, n), meta),
+    ]
+
+
 def content_lambda(keys: torch.Tensor, values: torch.Tensor, launch=lambda kernel: kernel):
     """(λc (B,k,v) in the input dtype, stats (B,u,k) float32 log-sum-exp)."""
     keys = keys.contiguous()
     values = values.contiguous()
-    b, u, k, v, n = _sizes(keys, values)
+    b, u, k, v, _ = _sizes(keys, values)
     lam_c = keys.new_empty((b, k, v))
     stats = keys.new_empty((b, u, k), dtype=torch.float32)
-    block_k = min(channel_block(k), 64)
-    block_v = min(channel_block(v), 64)
-    block_n = position_block(n)
-    grid = (b, triton.cdiv(k, block_k), triton.cdiv(v, block_v))
-    launch(content_lambda_fwd_kernel)[grid](
-        keys, values, lam_c, stats, u, k, v, n,
-        BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
-        USE_DOT=dot_allowed(), PRECISION=dot_precision(keys.dtype))
+    run_launches(content_launches(keys, values, lam_c, stats), launch)
     return lam_c, stats
 
 
 def content_lambda_backward(d_lam_c, keys, values, stats, launch=lambda kernel: kernel):
     """(dkeys, dvalues) of λc, given dλc (B,k,v) and the forward's log-sum-exp stats."""
-    d_lam_c = d_lam_c.contiguous()
-    keys = keys.contiguous()
-    values = values.contiguous()
-    stats = stats.contiguous()
-    b, u, k, v, n = _sizes(keys, values)
+    d_lam_c, keys, values, stats = (t.contiguous() for t in (d_lam_c, keys, values, stats))
     d_keys = torch.empty_like(keys, memory_format=torch.contiguous_format)
     d_values = torch.empty_like(values, memory_format=torch.contiguous_format)
-    rowdot = keys.new_empty((b, u, k), dtype=torch.float32)
-    block_k = channel_block(k)
-    block_v = channel_block(v)
-    block_n = position_block(n, cap=max(16, min(64, 8192 // max(block_k, block_v))))
-    meta = dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n, USE_DOT=dot_allowed(),
-                PRECISION=dot_precision(keys.dtype))
-    launch(content_lambda_bwd_rowdot_kernel)[(b * u,)](
-        d_lam_c, keys, values, stats, rowdot, u, k, v, n, **meta)
-    launch(content_lambda_bwd_kernel)[(b * u, triton.cdiv(n, block_n))](
-        d_lam_c, keys, values, stats, rowdot, d_keys, d_values, u, k, v, n, **meta)
+    run_launches(content_backward_launches(d_lam_c, keys, values, stats, d_keys, d_values),
+                 launch)
     return d_keys, d_values
