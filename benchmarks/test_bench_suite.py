@@ -55,5 +55,5 @@ def test_bench(benchmark, case, name, mode):
     flops = prov.flops(case) * (1 if mode == "fwd" else 3)
     benchmark.group = f"{case.label}-{mode}"
     benchmark.extra_info.update(case=case.describe(), provider=name, mode=mode, flops=flops,
-                                backend=prov.backend_ran(module), note=note)
+                                backend=prov.ran(module, DEVICE), note=note)
     benchmark.pedantic(call, rounds=PRESET.repeats, warmup_rounds=PRESET.warmup, iterations=1)

@@ -3,13 +3,18 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import torch
 
+import lambda_kernels
 from lambda_kernels.bench import cli, providers as P
+from lambda_kernels.bench import targets as T
+from lambda_kernels.bench import models as M
 from lambda_kernels.bench.measure import cpu_memory_subprocess, summarize
 from lambda_kernels.bench.presets import PRESETS, Case, apply_overrides, parse_size, sweep_cases
 
@@ -20,9 +25,15 @@ FAST = ["--preset", "tiny", "--device", "cpu", "--no-memory", "--no-peak", "--th
         "--repeats", "2", "--warmup", "0", "--no-progress"]
 
 
+def _cpu_variant():
+    """The instruction set the cpu back end reports here (None until it has variants)."""
+    return lambda_kernels.available_backends("cpu", details=True)["cpu"]["variant"]
+
+
 def test_cli_subprocess_end_to_end(tmp_path):
     out = {ext: str(tmp_path / f"r.{ext}") for ext in ("json", "csv", "png")}
-    cmd = [sys.executable, "-m", "lambda_kernels.bench", *FAST,
+    isa = _cpu_variant() or "baseline"   # the default path: a valid name on this CPU
+    cmd = [sys.executable, "-m", "lambda_kernels.bench", *FAST, "--cpu-isa", isa,
            "--providers", "lambda-cpu,lambda-triton,lambda-reference,lambda-networks,timm,mhsa,"
                           "conv3x3,conv-r,natten,debug-fail",
            "--json", out["json"], "--csv", out["csv"], "--plot", out["png"]]
@@ -56,11 +67,24 @@ def test_cli_subprocess_end_to_end(tmp_path):
     assert rows["lambda-networks"]["speedup_fwd"] == pytest.approx(1.0)
     # upstream with identical weights computes the same function
     assert rows["lambda-networks"]["max_abs_err"] < 1e-4
+    # every row that ran says which back end and variant: ours the CPU instruction set,
+    # plain PyTorch ops ATen's CPU capability; the forced ISA is recorded
+    assert doc["meta"]["cpu_isa"] == isa
+    assert doc["meta"]["backends"]["cpu"]["runs"] is (rows["lambda-cpu"]["status"] == "ok")
+    if rows["lambda-cpu"]["status"] == "ok":
+        assert rows["lambda-cpu"]["backend"] == "cpu"
+        assert rows["lambda-cpu"]["variant"] == _cpu_variant()
+    assert rows["lambda-reference"]["backend"] == "reference"
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    for name in ("lambda-networks", "mhsa", "conv3x3", "conv-r"):
+        assert (rows[name]["backend"], rows[name]["variant"]) == ("torch", capability)
 
     with open(out["csv"]) as f:
         recs = list(csv.DictReader(f))
     assert len(recs) == 2 * len(rows)              # fwd and fwdbwd rows
-    assert {"machine", "device_name", "torch", "triton", "date"} <= set(recs[0])
+    assert {"machine", "device_name", "torch", "triton", "date", "backend", "variant",
+            "cpu_isa"} <= set(recs[0])
+    assert {r["cpu_isa"] for r in recs} == {isa}
     assert open(out["png"], "rb").read(8) == PNG_MAGIC
 
 
@@ -118,11 +142,28 @@ def test_sweep_plot(tmp_path):
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_cpu_memory_subprocess():
+def test_cpu_memory_subprocess(monkeypatch):
+    # the memory subprocess sees the forced instruction set (conv3x3 does not load our kernels)
+    monkeypatch.setenv(cli.ENV_CPU_ISA, "an-isa-name")
     res = cpu_memory_subprocess("conv3x3", apply_overrides(TINY, size=(32, 32)).to_dict(), 1)
     assert "error" not in res, res
     assert res["mem_fwd"] >= 0 and res["mem_fwdbwd"] >= 0
     assert "VmHWM" in res["method"] or "ru_maxrss" in res["method"]
+    assert res["cpu_isa"] == "an-isa-name"
+    assert res["variant"] == torch.backends.cpu.get_cpu_capability().lower()
+
+
+def test_cpu_isa_is_refused_once_the_kernels_are_loaded(monkeypatch):
+    reason = lambda_kernels.available_backends("cpu")["cpu"]  # probing loads the kernels
+    monkeypatch.setenv(cli.ENV_CPU_ISA, "one")
+    cli.apply_cpu_isa("one")                        # unchanged: fine
+    if reason is None:
+        with pytest.raises(SystemExit, match="already loaded in this process"):
+            cli.apply_cpu_isa("another")
+        assert os.environ[cli.ENV_CPU_ISA] == "one"
+    else:                                           # no kernels loaded: the variable is set
+        cli.apply_cpu_isa("another")
+        assert os.environ[cli.ENV_CPU_ISA] == "another"
 
 
 def test_flop_formulas_and_helpers():
@@ -186,3 +227,116 @@ def test_triton_interpreter_row(tmp_path):
         assert row["max_abs_err"] is None or row["max_abs_err"] < 1e-3
     else:
         assert row["reason"]
+
+
+def test_targets_preset_on_tiny_shapes():
+    """--preset targets: the positional kernel timed alone, a targets table; on shapes other
+    than the targets' own, every target says it is not comparable."""
+    res = cli.run_cli(["--preset", "targets", "--size", "8", "--dim", "8", "--dim-k", "4",
+                       "--device", "cpu", "--no-memory", "--threads", "1", "--repeats", "2",
+                       "--warmup", "0", "--no-progress"])
+    rows = {(r["case"], r["provider"]): r for r in res["results"]}
+    assert {p for _, p in rows} == {"lambda-cpu", "lambda-networks"}
+    if rows[("seed-local", "lambda-cpu")]["status"] == "ok":
+        kernel = rows[("seed-local", "lambda-cpu")]["kernel"]
+        assert kernel["backend"] == "cpu" and kernel["useful_flop"] > 0
+        assert 0 < kernel["frac_peak_fwd"] and 0 < kernel["frac_peak_fwdbwd"]
+    assert "kernel" not in rows[("seed-local", "lambda-networks")]
+    names = [t["name"] for t in res["targets"]]
+    assert len(names) == 9 and any("positional kernel backward" in n for n in names)
+    assert all(t["status"].startswith("not comparable: dim=8 (target at 32)")
+               for t in res["targets"])
+
+
+def _row(case, provider, fwd=None, fwdbwd=None, **extra):
+    stats = lambda t: {"median": t} if t else {}
+    return {"case": case, "provider": provider, "status": "ok", "fwd": stats(fwd),
+            "fwdbwd": stats(fwdbwd), **extra}
+
+
+def test_target_evaluation():
+    cases = [c for c in PRESETS["resnet"].cases if c.label in ("28x28/256 r=23", "14x14/512 r=9")]
+    rows = [_row("28x28/256 r=23", "lambda-cpu", fwdbwd=1.0),
+            _row("28x28/256 r=23", "lambda-networks", fwdbwd=4.0),
+            _row("28x28/256 r=23", "conv3x3", fwdbwd=0.5),
+            _row("14x14/512 r=9", "lambda-cpu", fwdbwd=1.0),
+            _row("14x14/512 r=9", "conv3x3", fwdbwd=1.2)]
+    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2)}
+    assert got["28x28/256 r=23 fwd+bwd speed-up vs lambda-networks"]["status"] == "pass"
+    assert got["28x28/256 r=23 fwd+bwd time / Conv2d 3x3"]["status"] == "fail"   # 2x > 1.5x
+    assert got["28x28/256 r=23 fwd+bwd time / Conv2d 3x3"]["measured"] == pytest.approx(2.0)
+    assert got["14x14/512 r=9 fwd+bwd speed-up vs Conv2d 3x3"]["status"] == "pass"
+    assert got["14x14/512 r=9 fwd+bwd speed-up vs lambda-networks"]["status"] == "not measured"
+    assert len(got) == 4 and all(t["threads"] == 2 for t in got.values())
+    assert T.evaluate(T.LAYER_TARGETS, rows, cases, "cuda", 2) == []
+
+
+TRAIN_FAST = ["train", "--image-size", "64", "--batch", "2", "--repeats", "1", "--warmup", "0",
+              "--threads", "1", "--no-progress", "--device", "cpu"]
+
+
+def test_train_benchmark_on_tiny_shapes(tmp_path):
+    pytest.importorskip("timm")
+    out = {ext: str(tmp_path / f"m.{ext}") for ext in ("json", "csv", "md", "png")}
+    res = cli.run_cli([*TRAIN_FAST, "--json", out["json"], "--csv", out["csv"],
+                       "--markdown", out["md"], "--plot", out["png"]])
+    rows = {r["provider"]: r for r in res["results"]}
+    assert list(rows) == list(M.MODEL_REGISTRY)
+    assert rows["timm-halonet26t"]["status"] == "skipped"
+    assert "divisible by 256" in rows["timm-halonet26t"]["reason"]
+    for name, row in rows.items():
+        if name == "timm-halonet26t":
+            continue
+        assert row["status"] == "ok", row
+        assert row["img_s_fwd"] > 0 and row["img_s_fwdbwd"] > 0 and row["params"] > 1e6
+        assert row["backend"] == ("torch" if name.startswith("timm-") else "cpu")
+    for model in ("lambda_resnet26t", "lambda_resnet26rpt_256"):
+        converted = rows[f"from_timm-{model}"]
+        assert converted["stock"] == f"timm-{model}"
+        assert converted["vs_stock_fwdbwd"] > 0
+        assert converted["max_rel_err"] < 1e-4           # same weights, same logits
+    assert rows["timm-botnet26t_256"]["speedup_fwd"] > 0   # vs the timm-resnet26t baseline
+    statuses = {t["name"]: t["status"] for t in res["targets"]}
+    assert len(statuses) == 2 and all(s.startswith("not comparable: image_size=64")
+                                      for s in statuses.values())
+    doc = json.loads(open(out["json"]).read())
+    assert doc["meta"]["bench"] == "train" and len(doc["results"]) == len(rows)
+    with open(out["csv"]) as f:
+        recs = list(csv.DictReader(f))
+    assert len(recs) == 2 * len(rows) and recs[0]["bench"] == "train"
+    assert "## targets" in open(out["md"]).read()
+    assert open(out["png"], "rb").read(8) == PNG_MAGIC
+
+
+def test_train_benchmark_without_timm(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)   # import timm fails as if not installed
+    res = cli.run_cli([*TRAIN_FAST, "--image-size", "32", "--providers",
+                       "timm-resnet26t,from_timm-lambda_resnet26t,lambda_kernels-lambda_resnet26,"
+                       "no-such-model"])
+    rows = {r["provider"]: r for r in res["results"]}
+    for name in ("timm-resnet26t", "from_timm-lambda_resnet26t"):
+        assert rows[name]["status"] == "skipped"
+        assert 'pip install "lambda-kernels[timm]"' in rows[name]["reason"]
+    assert rows["lambda_kernels-lambda_resnet26"]["status"] == "ok"
+    assert rows["no-such-model"]["status"] == "error"
+
+
+def test_without_rich_and_matplotlib(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    cli.run_cli([*FAST, "--providers", "conv3x3,debug-fail"])
+    text = capsys.readouterr().out
+    assert 'rich is not installed' in text and 'pip install "lambda-kernels[bench]"' in text
+    assert "provider" in text and "conv3x3" in text and "torch (" in text
+    assert "deliberate failure" in text
+    with pytest.raises(SystemExit, match=r'--plot needs matplotlib.*lambda-kernels\[bench\]'):
+        cli.run_cli([*FAST, "--providers", "conv3x3", "--plot", "x.png"])
+
+
+def test_plotting_libraries_are_an_extra():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    names = {re.split(r"[ ;<>=!\[]", d)[0] for d in project["dependencies"]}
+    assert not names & {"rich", "matplotlib"}
+    assert {"rich", "matplotlib"} <= set(project["optional-dependencies"]["bench"])
+    assert project["scripts"]["lambda-bench"] == "lambda_kernels.bench.cli:main"

@@ -2,12 +2,14 @@
 
     python -m lambda_kernels.bench._memworker '{"provider": ..., "case": {...}, "threads": N}'
 
-Prints one JSON line: {"mem_fwd": bytes, "mem_fwdbwd": bytes, "method": str} (a key is
-replaced by "<key>_error" when that step raised).
+Prints one JSON line: {"mem_fwd": bytes, "mem_fwdbwd": bytes, "method": str, "cpu_isa": the
+LAMBDA_KERNELS_CPU_ISA this process saw, "variant": what ran} (a key is replaced by
+"<key>_error" when that step raised).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -28,7 +30,7 @@ def main(arg: str) -> dict:
     x = providers.make_input(case, device)
     dy = providers.make_grad(case, device)
     fwd, fwd_bwd, clear = make_steps(module, x, dy)
-    out: dict = {}
+    out: dict = {"cpu_isa": os.environ.get("LAMBDA_KERNELS_CPU_ISA")}
     for key, fn in (("mem_fwd", fwd), ("mem_fwdbwd", fwd_bwd)):
         try:
             fn()  # warm-up: lazy initialisation, thread pools, kernel caches
@@ -37,6 +39,7 @@ def main(arg: str) -> dict:
             clear()
         except Exception as exc:
             out[key + "_error"] = f"{type(exc).__name__}: {exc}".split("\n")[0][:200]
+    out["variant"] = provider.ran(module, device)[1]
     return out
 
 

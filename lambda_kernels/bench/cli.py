@@ -1,15 +1,25 @@
-"""lambda-bench: benchmark the lambda layer's back ends against upstream and baselines.
+"""lambda-bench: benchmark the lambda layer's back ends against upstream and baselines, and
+whole LambdaResNets (`lambda-bench train`).
 
     lambda-bench                                  # quick preset on CUDA if present, else CPU
     lambda-bench --preset seed --json out.json --csv results.csv
+    lambda-bench --preset targets                 # issue-9 CPU targets, pass/fail table
     lambda-bench --preset resnet --providers lambda-cpu,lambda-networks,conv3x3
     lambda-bench --sweep size --plot size.png     # time and memory vs image size
     lambda-bench --sweep r --sweep-values 3,7,15,23 --plot r.png
+    lambda-bench --cpu-isa avx2 --preset targets  # force the CPU kernels' instruction set
+    lambda-bench train                            # timm vs converted vs our LambdaResNets, 256 px
+    lambda-bench train --batch 8 --image-size 256 --threads 2 --plot models.png
     lambda-bench --list                           # presets and providers
+
+Every result row says which back end ran and its variant (the CPU instruction set of the
+`cpu` back end; for plain PyTorch ops, ATen's CPU capability or the CUDA compute capability).
+Tables need rich and --plot matplotlib: pip install "lambda-kernels[bench]".
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -17,12 +27,17 @@ from typing import Optional
 
 import torch
 
+from . import models as M
 from . import presets as S
 from . import providers as P
+from . import targets as T
 from .measure import device_name, matmul_rate
-from .report import (_rate, append_csv, environment, plot, render_tables, write_json,
-                     write_markdown)
+from .report import (INSTALL_BENCH, MODEL_COLUMNS, PlainConsole, _rate, append_csv,
+                     environment, make_console, missing_optional, model_caption, plot,
+                     plot_models, render_tables, render_targets, write_json, write_markdown)
 from .runner import Options, add_ratios, run_all
+
+ENV_CPU_ISA = "LAMBDA_KERNELS_CPU_ISA"
 
 
 def _int_list(text: str) -> list[int]:
@@ -39,11 +54,35 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(str(exc))
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Device, measurement and output options shared by the layer and model benchmarks."""
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    g.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs")
+    g.add_argument("--cpu-isa", metavar="NAME",
+                   help=f"force the instruction set of the cpu back end (sets {ENV_CPU_ISA} "
+                        "before the kernels load; memory subprocesses inherit it), e.g. avx512, "
+                        "avx2, baseline, neon")
+    m = p.add_argument_group("measurement")
+    m.add_argument("--repeats", type=int, help="timed calls per measurement")
+    m.add_argument("--warmup", type=int, help="untimed calls before timing")
+    m.add_argument("--max-time", type=float,
+                   help="stop repeating once a measurement took this many seconds (>= 3 calls)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", metavar="FILE", help="write all results and metadata as JSON")
+    o.add_argument("--csv", metavar="FILE", help="append one row per provider/case/mode")
+    o.add_argument("--markdown", "--md", metavar="FILE.md", help="write the tables as markdown")
+    o.add_argument("--plot", metavar="FILE.png", help="plot the results (needs matplotlib)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("-v", "--verbose", action="store_true",
+                   help="print one line per finished step to stderr (useful off a TTY)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lambda-bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n\n")[1:]))
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     g = p.add_argument_group("what to run")
     g.add_argument("--preset", choices=sorted(S.PRESETS),
                    help="named case list (default: quick on CPU, gpu-headline on CUDA)")
@@ -52,11 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sweep-values", type=_int_list, metavar="V1,V2,..",
                    help="values for --sweep (sizes are square)")
     g.add_argument("--providers", metavar="A,B,..",
-                   help="comma list (default: all non-debug providers; 'lambda' = every "
-                        f"lambda-<backend>); known: {', '.join(P.REGISTRY)}")
+                   help="comma list (default: the preset's, else all non-debug providers; "
+                        f"'lambda' = every lambda-<backend>); known: {', '.join(P.REGISTRY)}")
     g.add_argument("--baseline", metavar="NAME",
                    help="provider for the speedup columns (default: lambda-networks)")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
     g.add_argument("--dtype", choices=sorted(S.DTYPES), help="override the preset's dtype")
     g.add_argument("--list", action="store_true", help="list presets and providers and exit")
     s = p.add_argument_group("shape (overrides every case of the preset)")
@@ -70,27 +108,40 @@ def build_parser() -> argparse.ArgumentParser:
     ctx = s.add_mutually_exclusive_group()
     ctx.add_argument("--r", type=int, help="local context size (odd)")
     ctx.add_argument("--n", type=int, help="global context (H, W <= n)")
-    m = p.add_argument_group("measurement")
-    m.add_argument("--repeats", type=int, help="timed calls per measurement")
-    m.add_argument("--warmup", type=int, help="untimed calls before timing")
-    m.add_argument("--max-time", type=float,
-                   help="stop repeating once a measurement took this many seconds (>= 3 calls)")
+    _add_run_options(p)
+    m = p.add_argument_group("layer measurement")
     m.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
     m.add_argument("--mem-jobs", type=int, default=1,
                    help="CPU: memory subprocesses run at once (default 1)")
-    m.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs")
     m.add_argument("--no-peak", action="store_true",
                    help="skip the torch.mm rate measurement (no %%peak columns)")
     m.add_argument("--no-check", action="store_true",
                    help="skip the max|err| column (outputs vs lambda-reference)")
-    o = p.add_argument_group("output")
-    o.add_argument("--json", metavar="FILE", help="write all results and metadata as JSON")
-    o.add_argument("--csv", metavar="FILE", help="append one row per provider/case/mode")
-    o.add_argument("--markdown", "--md", metavar="FILE.md", help="write the tables as markdown")
-    o.add_argument("--plot", metavar="FILE.png", help="time and memory vs size / r / case")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("-v", "--verbose", action="store_true",
-                   help="print one line per finished step to stderr (useful off a TTY)")
+    m.add_argument("--kernel-rate", action="store_true",
+                   help="also time the positional kernel alone (on by default in --preset "
+                        "targets): useful FLOP/s vs torch.mm")
+    return p
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lambda-bench train", description=M.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(M.__doc__.split("\n\n")[1:]))
+    g = p.add_argument_group("what to run")
+    g.add_argument("--providers", metavar="A,B,..",
+                   help=f"comma list of models (default: all): {', '.join(M.MODEL_REGISTRY)}")
+    g.add_argument("--baseline", metavar="NAME",
+                   help="model for the speedup columns (default: timm-resnet26t)")
+    g.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
+    g.add_argument("--image-size", type=int, default=256, help="square input size (default 256)")
+    g.add_argument("--dtype", choices=sorted(S.DTYPES),
+                   help="float32 (default on CPU), or bfloat16 / float16 under autocast "
+                        "(bfloat16 is the default on CUDA)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last models and input")
+    g.add_argument("--num-classes", type=int, default=1000)
+    g.add_argument("--list", action="store_true", help="list the models and exit")
+    _add_run_options(p)
     return p
 
 
@@ -119,18 +170,105 @@ def make_cases(args, device: torch.device) -> tuple[S.Preset, list[S.Case]]:
     return preset, cases
 
 
-def _console():
-    from rich.console import Console
-    probe = Console()
-    if probe.is_terminal:
-        return probe
-    return Console(width=int(os.environ.get("COLUMNS", "220")), highlight=False)
+def apply_cpu_isa(name: Optional[str]) -> None:
+    """Set LAMBDA_KERNELS_CPU_ISA for this process and its memory subprocesses. The kernels
+    read it when the extension loads, so it must come first."""
+    if not name:
+        return
+    from .. import _ext
+    if _ext._ops_registered() and os.environ.get(ENV_CPU_ISA) != name:
+        raise SystemExit(f"lambda-bench: --cpu-isa {name}: the kernels are already loaded in "
+                         f"this process with {ENV_CPU_ISA}={os.environ.get(ENV_CPU_ISA)!r}; run "
+                         f"lambda-bench in a fresh process")
+    os.environ[ENV_CPU_ISA] = name
+
+
+def _prepare(args, console) -> torch.device:
+    """Checks and settings common to both benchmarks, before anything is measured."""
+    if args.plot:
+        missing = missing_optional("matplotlib")
+        if missing:
+            raise SystemExit(f"lambda-bench: --plot needs matplotlib: {missing}")
+    if isinstance(console, PlainConsole):
+        console.print(f"lambda-bench: rich is not installed, so tables are plain text and there "
+                      f"is no progress bar ({INSTALL_BENCH} adds rich and matplotlib)")
+    apply_cpu_isa(args.cpu_isa)
+    import warnings
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load > cores:
+            console.print(f"[yellow]warning: load average {load:.1f} on {cores} cores; CPU "
+                          f"timings will be noisy (multi-threaded ops suffer most: try "
+                          f"--threads 1)[/]")
+    return device
+
+
+@contextlib.contextmanager
+def _progress(console, total: int, args, t_start: float):
+    """Yields advance(description): a rich progress bar on a terminal, -v lines on stderr."""
+    show = console.is_terminal and not args.no_progress and not isinstance(console, PlainConsole)
+    bar = task = None
+    if show:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=console, transient=True)
+        task = bar.add_task("benchmarking", total=total)
+        bar.start()
+
+    def advance(desc: str) -> None:
+        if bar is not None:
+            bar.update(task, advance=1, description=desc)
+        if args.verbose:
+            print(f"[{time.perf_counter() - t_start:7.1f} s] {desc}", file=sys.stderr, flush=True)
+
+    try:
+        yield advance
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _backend_status(device: torch.device, dtype: torch.dtype) -> dict:
+    from ..functional import available_backends
+    try:
+        return available_backends(device, dtype, details=True)
+    except Exception as exc:  # recorded, not fatal: rows say what ran
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _write_outputs(console, args, rows, meta, cases, baseline, targets, *, models: bool):
+    if args.json:
+        write_json(args.json, rows, meta, cases)
+    if args.csv:
+        append_csv(args.csv, rows, meta)
+    if args.markdown:
+        if models:
+            write_markdown(args.markdown, rows, cases, meta, baseline, MODEL_COLUMNS,
+                           model_caption(meta, baseline), targets)
+        else:
+            write_markdown(args.markdown, rows, cases, meta, baseline, targets=targets)
+    if args.plot:
+        if models:
+            plot_models(args.plot, rows, meta)
+        else:
+            plot(args.plot, rows, cases, args.sweep, meta)
+    for path in (args.json, args.csv, args.markdown, args.plot):
+        if path:
+            console.print(f"[dim]wrote {path}[/]")
 
 
 def run_cli(argv: Optional[list[str]] = None) -> dict:
-    """Parse, run, print, write files; returns {'meta', 'cases', 'results'}."""
+    """Parse, run, print, write files; returns {'meta', 'cases', 'results', 'targets'}."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        return run_train_cli(argv[1:])
     args = build_parser().parse_args(argv)
-    console = _console()
+    console = make_console()
     if args.list:
         for name, pr in S.PRESETS.items():
             console.print(f"[bold]{name}[/]: {pr.description}")
@@ -140,27 +278,21 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
         for name, prov in P.REGISTRY.items():
             console.print(f"[bold]{name}[/]{' (hidden)' if prov.hidden else ''}: "
                           f"{prov.description}")
-        return {"meta": {}, "cases": [], "results": []}
-    import warnings
-    warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
-    device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        console.print("\nlambda-bench train --list: the model benchmark")
+        return {"meta": {}, "cases": [], "results": [], "targets": []}
+    device = _prepare(args, console)
     try:
         preset, cases = make_cases(args, device)
     except ValueError as exc:
         raise SystemExit(f"lambda-bench: {exc}")
-    names = P.resolve(args.providers.split(",") if args.providers else None)
+    if args.providers:
+        names = P.resolve(args.providers.split(","))
+    else:
+        names = P.resolve(list(preset.providers) if preset.providers else None)
     baseline = args.baseline or ("lambda-networks" if "lambda-networks" in names else names[0])
     if baseline not in names:
         names.append(baseline)
 
-    if device.type == "cpu" and hasattr(os, "getloadavg"):
-        load, cores = os.getloadavg()[0], os.cpu_count() or 1
-        if load > cores:
-            console.print(f"[yellow]warning: load average {load:.1f} on {cores} cores; CPU "
-                          f"timings will be noisy (multi-threaded ops suffer most: try "
-                          f"--threads 1)[/]")
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     t_start = time.perf_counter()
     if args.no_peak:
@@ -170,54 +302,83 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
         console.print(f"[dim]lambda-bench: measuring torch.mm rate on {device} ...[/]")
         peak = matmul_rate(device, peak_dtype, repeats=5)
     meta = environment(device, device_name(device), peak)
-    meta.update(preset=preset.name, sweep=args.sweep, baseline=baseline, providers=names)
+    meta.update(bench="layer", preset=preset.name, sweep=args.sweep, baseline=baseline,
+                providers=names, backends=_backend_status(device, cases[0].torch_dtype))
     opts = Options(device=device,
                    repeats=args.repeats if args.repeats is not None else preset.repeats,
                    warmup=args.warmup if args.warmup is not None else preset.warmup,
                    max_time=args.max_time if args.max_time is not None else preset.max_time,
                    memory=not args.no_memory, mem_jobs=args.mem_jobs,
-                   peak_flops=peak["flops_per_s"], check_errors=not args.no_check)
+                   peak_flops=peak["flops_per_s"], check_errors=not args.no_check,
+                   kernel_rate=args.kernel_rate or preset.kernel_rate)
     meta.update(repeats=opts.repeats, warmup=opts.warmup, max_time=opts.max_time)
     console.print(f"[dim]{meta['device_name']}, torch {meta['torch']}, triton "
-                  f"{meta['triton']}: torch.mm {peak['dtype']} "
-                  f"{_rate(peak['flops_per_s'])}; preset {preset.name}, "
+                  f"{meta['triton']}, {ENV_CPU_ISA}={meta['cpu_isa']}: torch.mm "
+                  f"{peak['dtype']} {_rate(peak['flops_per_s'])}; preset {preset.name}, "
                   f"{len(cases)} case(s) x {len(names)} provider(s)[/]")
 
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn)
     steps = len(cases) * len(names)
     if opts.memory and device.type == "cpu":
         steps *= 2  # upper bound; memory only for rows that ran
-    show = console.is_terminal and not args.no_progress
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True,
-                  disable=not show) as bar:
-        task = bar.add_task("benchmarking", total=steps)
-
-        def advance(desc: str) -> None:
-            bar.update(task, advance=1, description=desc)
-            if args.verbose:
-                print(f"[{time.perf_counter() - t_start:7.1f} s] {desc}", file=sys.stderr,
-                      flush=True)
-
+    with _progress(console, steps, args, t_start) as advance:
         rows = run_all(cases, names, opts, progress=advance)
     add_ratios(rows, baseline)
+    targets = T.evaluate(T.LAYER_TARGETS, rows, cases, device.type, torch.get_num_threads())
     meta["wall_s"] = time.perf_counter() - t_start
+    meta["targets"] = targets
 
     render_tables(console, rows, cases, meta, baseline)
+    render_targets(console, targets)
     console.print(f"[dim]done in {meta['wall_s']:.1f} s[/]")
-    if args.json:
-        write_json(args.json, rows, meta, cases)
-    if args.csv:
-        append_csv(args.csv, rows, meta)
-    if args.markdown:
-        write_markdown(args.markdown, rows, cases, meta, baseline)
-    if args.plot:
-        plot(args.plot, rows, cases, args.sweep, meta)
-    for path in (args.json, args.csv, args.markdown, args.plot):
-        if path:
-            console.print(f"[dim]wrote {path}[/]")
-    return {"meta": meta, "cases": [c.to_dict() for c in cases], "results": rows}
+    _write_outputs(console, args, rows, meta, cases, baseline, targets, models=False)
+    return {"meta": meta, "cases": [c.to_dict() for c in cases], "results": rows,
+            "targets": targets}
+
+
+def run_train_cli(argv: list[str]) -> dict:
+    """lambda-bench train: model throughput (see lambda_kernels/bench/models.py)."""
+    args = build_train_parser().parse_args(argv)
+    console = make_console()
+    if args.list:
+        for name, provider in M.MODEL_REGISTRY.items():
+            console.print(f"[bold]{name}[/]: {provider.description}")
+        return {"meta": {}, "cases": [], "results": [], "targets": []}
+    device = _prepare(args, console)
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    case = M.ModelCase(batch=args.batch, image_size=args.image_size, dtype=dtype,
+                       channels_last=args.channels_last, num_classes=args.num_classes)
+    try:
+        case.check()
+    except ValueError as exc:
+        raise SystemExit(f"lambda-bench train: {exc}")
+    names = M.resolve(args.providers.split(",") if args.providers else None)
+    baseline = args.baseline or ("timm-resnet26t" if "timm-resnet26t" in names else names[0])
+    if baseline not in names:
+        names.insert(0, baseline)
+    opts = Options(device=device,
+                   repeats=args.repeats if args.repeats is not None else 5,
+                   warmup=args.warmup if args.warmup is not None else 1,
+                   max_time=args.max_time if args.max_time is not None else 10.0,
+                   memory=False)
+    t_start = time.perf_counter()
+    meta = environment(device, device_name(device), {"flops_per_s": None, "skipped": True})
+    meta.update(bench="train", preset="train", baseline=baseline, providers=names,
+                repeats=opts.repeats, warmup=opts.warmup, max_time=opts.max_time,
+                backends=_backend_status(device, torch.float32))
+    console.print(f"[dim]lambda-bench train: {meta['device_name']}, torch {meta['torch']}, "
+                  f"{ENV_CPU_ISA}={meta['cpu_isa']}; {case.describe()}; "
+                  f"{len(names)} model(s)[/]")
+    with _progress(console, len(names), args, t_start) as advance:
+        rows = M.run_models(case, names, opts, baseline, progress=advance)
+    targets = T.evaluate(T.MODEL_TARGETS, rows, [case], device.type, torch.get_num_threads())
+    meta["wall_s"] = time.perf_counter() - t_start
+    meta["targets"] = targets
+    render_tables(console, rows, [case], meta, baseline, MODEL_COLUMNS,
+                  model_caption(meta, baseline))
+    render_targets(console, targets)
+    console.print(f"[dim]done in {meta['wall_s']:.1f} s[/]")
+    _write_outputs(console, args, rows, meta, [case], baseline, targets, models=True)
+    return {"meta": meta, "cases": [case.to_dict()], "results": rows, "targets": targets}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

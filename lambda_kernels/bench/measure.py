@@ -147,6 +147,39 @@ def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
     return fwd, fwd_bwd, clear
 
 
+def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: int,
+                           repeats: int, max_time: float, peak_flops: Optional[float]) -> dict:
+    """The positional kernel of a fused back end alone (op lambda_output, and its backward) on
+    the shapes of `case`: medians, useful FLOP/s (providers.flops_positional; the backward
+    counted as twice the forward) and their fraction of the run's torch.mm rate."""
+    from .. import backends
+    from .providers import flops_positional
+
+    ops = backends.get(backend).ops()
+    b, h, k, u, v = case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v
+    hh, ww = case.height, case.width
+    rh, rw = (case.r, case.r) if case.r is not None else (2 * hh - 1, 2 * ww - 1)
+    g = torch.Generator().manual_seed(2)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=case.torch_dtype)
+
+    q, values, table = rand(b, h, k, hh, ww), rand(b, u, v, hh, ww), rand(rh, rw, k, u)
+    lam, dy = rand(b, k, v), rand(b, h, v, hh, ww)
+    timing = dict(warmup=warmup, repeats=repeats, max_time=max_time)
+    out = {"backend": backend, "useful_flop": flops_positional(case),
+           "fwd": summarize(time_calls(lambda: ops.lambda_output(q, values, table, lam), device,
+                                       **timing)),
+           "fwdbwd": summarize(time_calls(
+               lambda: ops.lambda_output_backward(dy, q, values, table, lam), device, **timing))}
+    for mode, work in (("fwd", 1), ("fwdbwd", 2)):
+        rate = work * out["useful_flop"] / out[mode]["median"]
+        out[f"flop_s_{mode}"] = rate
+        out[f"frac_peak_{mode}"] = rate / peak_flops if peak_flops and peak_flops == peak_flops \
+            else None
+    return out
+
+
 def cuda_extra_peak(fn: Callable[[], object], device: torch.device) -> int:
     torch.cuda.synchronize(device)
     gc.collect()

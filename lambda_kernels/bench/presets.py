@@ -97,6 +97,8 @@ class Preset:
     warmup: int = 2
     max_time: float = 3.0          # seconds per measured quantity before repeats stop early
     sweep_values: dict = field(default_factory=dict)
+    providers: Optional[tuple[str, ...]] = None   # default provider list (None: all)
+    kernel_rate: bool = False      # also time the positional kernel alone
 
 
 PRESETS: dict[str, Preset] = {
@@ -118,6 +120,15 @@ PRESETS: dict[str, Preset] = {
          Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=1, r=None, n=64,
               label="global n=64")],
         repeats=5, warmup=1, max_time=5.0),
+    "targets": Preset(
+        "targets", "issue-9 CPU targets: fused vs lambda-networks on the seed cases (time, "
+        "memory) and the positional kernel's useful FLOP/s vs torch.mm, in one run",
+        [Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=4, r=23,
+              label="seed-local"),
+         Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=1, r=None, n=64,
+              label="seed-global")],
+        repeats=5, warmup=1, max_time=5.0, providers=("lambda-cpu", "lambda-networks"),
+        kernel_rate=True),
     "resnet": Preset(
         "resnet", "LambdaResNet stage shapes (56x56/128, 28x28/256, 14x14/512) with r=23 and r=9",
         [Case(batch=2, dim=c, height=s, width=s, dim_k=16, heads=4, dim_u=1, r=r,

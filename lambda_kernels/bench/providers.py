@@ -25,7 +25,6 @@ convolutions, skipped padding), so "% of the matmul rate" can exceed 100% for co
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Callable, Optional
 
 import torch
@@ -65,12 +64,17 @@ def _proj(case: Case, out_channels: int) -> int:
     return 2 * case.batch * case.tokens * case.dim * out_channels
 
 
+def flops_positional(case: Case) -> float:
+    """Useful FLOP of the positional kernel (op lambda_output): 2·B·P·h·u·(k+v)."""
+    return float(2 * case.batch * lambda_pairs(case) * case.heads * case.dim_u
+                 * (case.dim_k + case.dim_v))
+
+
 def flops_lambda(case: Case) -> float:
     b, n, h, k, u, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_u, case.dim_v
     proj = _proj(case, h * k + u * k + u * v)
     content = 2 * b * n * u * k * v + 2 * b * n * h * k * v
-    positional = 2 * b * lambda_pairs(case) * h * u * (k + v)
-    return float(proj + content + positional)
+    return float(proj + content) + flops_positional(case)
 
 
 def flops_lambda_networks(case: Case) -> float:
@@ -174,11 +178,27 @@ class Provider:
     def flops(self, case: Case) -> float:
         return float("nan")
 
-    def backend_ran(self, module: nn.Module) -> Optional[str]:
+    def ran(self, module: nn.Module, device: torch.device) -> tuple[str, Optional[str]]:
+        """(back end, variant) that ran the last call: plain PyTorch ops report torch and the
+        instruction set of ATen's CPU kernels (or the CUDA compute capability)."""
+        return "torch", torch_variant(device)
+
+    def kernel_backend(self) -> Optional[str]:
+        """The fused back end whose positional kernel this provider runs, if any."""
         return None
 
     def display_name(self, case: Case) -> str:
         return self.name
+
+
+def torch_variant(device: torch.device) -> Optional[str]:
+    """What PyTorch's own kernels run on: ATen's CPU capability (e.g. 'avx2'), or 'sm_90'."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"sm_{major}{minor}"
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability().lower()
+    return None
 
 
 def _seeded_lambda(case: Case, backend: str = "auto"):
@@ -222,8 +242,12 @@ class LambdaKernels(Provider):
     def flops(self, case):
         return flops_lambda(case)
 
-    def backend_ran(self, module):
-        return module.last_backend
+    def ran(self, module, device):
+        return module.last_backend, module.last_backend_variant
+
+    def kernel_backend(self):
+        from .. import backends
+        return self.backend if backends.get(self.backend).ops is not None else None
 
 
 class LambdaNetworks(Provider):
@@ -449,4 +473,5 @@ def make_grad(case: Case, device: torch.device) -> torch.Tensor:
 
 Builder = Callable[[Case, torch.device], tuple[nn.Module, str]]
 __all__ = ["Provider", "REGISTRY", "register", "get", "resolve", "default_names", "make_input",
-           "make_grad", "flops_lambda", "window_pairs", "SelfAttention2d"]
+           "make_grad", "flops_lambda", "flops_positional", "window_pairs", "torch_variant",
+           "SelfAttention2d"]

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 import torch
 
 from . import providers as P
-from .measure import (cpu_memory_subprocess, cuda_extra_peak, make_steps, summarize,
-                      time_calls)
+from .measure import (cpu_memory_subprocess, cuda_extra_peak, make_steps,
+                      positional_kernel_rate, summarize, time_calls)
 from .presets import Case
 
 
@@ -27,6 +27,7 @@ class Options:
     mem_jobs: int = 1
     peak_flops: float = float("nan")
     check_errors: bool = True
+    kernel_rate: bool = False      # time the positional kernel alone (fused back ends)
     threads: int = field(default_factory=torch.get_num_threads)
 
 
@@ -44,7 +45,7 @@ def _free(device: torch.device) -> None:
 def new_row(name: str, case: Case, case_index: int) -> dict:
     return {"provider": name, "display": name, "case": case.label or case.describe(),
             "case_index": case_index, "shape": case.to_dict(), "status": "ok", "reason": "",
-            "note": "", "backend": None, "out_shape": None, "fwd": {}, "fwdbwd": {},
+            "note": "", "backend": None, "variant": None, "out_shape": None, "fwd": {}, "fwdbwd": {},
             "mem_fwd": None, "mem_fwdbwd": None, "mem_method": None, "flops_fwd": None,
             "flops_fwdbwd": None, "max_abs_err": None, "err_vs": None}
 
@@ -81,7 +82,7 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         row["note"] = note
         fwd, fwd_bwd, clear = make_steps(module, x, dy)
         y = fwd()
-        row["backend"] = prov.backend_ran(module)
+        row["backend"], row["variant"] = prov.ran(module, opts.device)
         row["out_shape"] = list(y.shape)
         expected = [case.batch, case.dim_out, case.height, case.width]
         if list(y.shape) != expected:
@@ -113,6 +114,15 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         msg = ("out of memory: " if _is_oom(exc) else "") + _short(exc)
         row["note"] = (row["note"] + "; " if row["note"] else "") + f"fwd+bwd failed: {msg}"
     del module, fwd, fwd_bwd, clear
+    kernel = prov.kernel_backend() if opts.kernel_rate else None
+    if kernel is not None:
+        try:
+            row["kernel"] = positional_kernel_rate(kernel, case, opts.device, warmup=opts.warmup,
+                                                   repeats=opts.repeats, max_time=opts.max_time,
+                                                   peak_flops=opts.peak_flops)
+        except Exception as exc:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + \
+                f"kernel timing failed: {_short(exc)}"
     _free(opts.device)
     return row
 
@@ -205,6 +215,10 @@ def run_all(cases: list[Case], names: list[str], opts: Options,
                     row["mem_fwd"] = res.get("mem_fwd")
                     row["mem_fwdbwd"] = res.get("mem_fwdbwd")
                     row["mem_method"] = "subprocess " + res.get("method", "")
+                    row["mem_cpu_isa"] = res.get("cpu_isa")
+                    if res.get("variant") != row["variant"]:
+                        row["note"] = (row["note"] + "; " if row["note"] else "") + \
+                            f"memory subprocess ran variant {res.get('variant')}"
                 if progress:
                     progress(f"memory {row['case']}: {row['provider']}")
     derive(rows, opts.peak_flops)

@@ -1,0 +1,158 @@
+"""Performance targets checked on the rows of a run (issue 9 for the layer on CPU, issue 10 for
+the models): each names a case, reads one number from that case's rows, and compares it with a
+threshold. A target whose rows are missing or failed reads "not measured".
+
+    layer (presets `targets` and `resnet`, CPU, float32): the fused `cpu` back end against
+    lambda-networks 0.4.0 and a 3×3 Conv2d, and the positional kernel's useful FLOP/s against
+    torch.mm measured in the same run;
+    models (`lambda-bench train`): from_timm-converted timm LambdaResNets against the stock ones
+    (CPU), and against timm's resnet26t (CUDA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .presets import PRESETS
+
+Rows = dict  # provider name -> row, for one case
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    case: str                                  # case label the rows come from
+    measure: Callable[[Rows], Optional[float]]
+    threshold: float
+    at_most: bool = False                      # True: measured <= threshold passes
+    unit: str = "x"
+    device: str = "cpu"                        # device type where the target applies
+    requires: tuple = ()                       # (field, value) pairs the case must have
+
+
+def _median(row: Optional[dict], mode: str) -> Optional[float]:
+    if row is None or row.get("status") != "ok" or not row.get(mode):
+        return None
+    return row[mode].get("median")
+
+
+def ratio(slow: str, fast: str, mode: str) -> Callable[[Rows], Optional[float]]:
+    """t(slow) / t(fast) in `mode` ('fwd' or 'fwdbwd'): how many times faster `fast` is."""
+    def measure(rows: Rows) -> Optional[float]:
+        a, b = _median(rows.get(slow), mode), _median(rows.get(fast), mode)
+        return a / b if a and b else None
+    return measure
+
+
+def memory_ratio(large: str, small: str) -> Callable[[Rows], Optional[float]]:
+    """Extra peak memory of one forward+backward step, `large` / `small`."""
+    def measure(rows: Rows) -> Optional[float]:
+        a, b = (rows.get(p, {}).get("mem_fwdbwd") for p in (large, small))
+        return a / b if a and b else None
+    return measure
+
+
+def kernel_fraction(provider: str, mode: str) -> Callable[[Rows], Optional[float]]:
+    """Useful FLOP/s of the positional kernel (row['kernel'], see measure.positional_kernel_rate)
+    as a fraction of the torch.mm rate of the run."""
+    def measure(rows: Rows) -> Optional[float]:
+        kernel = (rows.get(provider) or {}).get("kernel") or {}
+        return kernel.get(f"frac_peak_{mode}")
+    return measure
+
+
+def _shape_of(preset: str, label: str) -> tuple:
+    """The fields of a preset's case: targets hold only for that shape."""
+    case = next(c for c in PRESETS[preset].cases if c.label == label)
+    return tuple((k, v) for k, v in case.to_dict().items() if k != "label")
+
+
+def _layer_targets() -> list[Target]:
+    fused, upstream = "lambda-cpu", "lambda-networks"
+    out = []
+    for case, fwd, fwdbwd in (("seed-local", 3.0, 8.0), ("seed-global", 20.0, 30.0)):
+        shape = _shape_of("targets", case)
+        out += [Target(f"{case} fwd speed-up vs lambda-networks", case,
+                       ratio(upstream, fused, "fwd"), fwd, requires=shape),
+                Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
+                       ratio(upstream, fused, "fwdbwd"), fwdbwd, requires=shape)]
+        if case == "seed-global":
+            out.append(Target(f"{case} extra peak memory, lambda-networks / fused", case,
+                              memory_ratio(upstream, fused), 100.0, requires=shape))
+        for mode, label in (("fwd", "forward"), ("fwdbwd", "backward")):
+            out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / torch.mm",
+                              case, kernel_fraction(fused, mode), 0.60, unit="%",
+                              requires=shape))
+    for case in (c.label for c in PRESETS["resnet"].cases):
+        shape = _shape_of("resnet", case)
+        out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
+                          ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape))
+        if case.endswith("r=23"):
+            out.append(Target(f"{case} fwd+bwd time / Conv2d 3x3", case,
+                              ratio(fused, "conv3x3", "fwdbwd"), 1.5, at_most=True,
+                              requires=shape))
+        else:
+            out.append(Target(f"{case} fwd+bwd speed-up vs Conv2d 3x3", case,
+                              ratio("conv3x3", fused, "fwdbwd"), 1.0, requires=shape))
+    return out
+
+
+def _model_targets() -> list[Target]:
+    cpu = (("image_size", 256), ("dtype", "float32"))
+    gpu = (("image_size", 256), ("dtype", "bfloat16"))
+    return [
+        Target("lambda_resnet26t training step, converted vs stock", "models",
+               ratio("timm-lambda_resnet26t", "from_timm-lambda_resnet26t", "fwdbwd"), 1.1,
+               requires=cpu),
+        Target("lambda_resnet26rpt_256 training step, converted vs stock", "models",
+               ratio("timm-lambda_resnet26rpt_256", "from_timm-lambda_resnet26rpt_256",
+                     "fwdbwd"), 1.3, requires=cpu),
+        Target("converted lambda_resnet26t inference vs resnet26t", "models",
+               ratio("timm-resnet26t", "from_timm-lambda_resnet26t", "fwd"), 0.95,
+               device="cuda", requires=gpu),
+        Target("converted lambda_resnet26t training step vs resnet26t", "models",
+               ratio("timm-resnet26t", "from_timm-lambda_resnet26t", "fwdbwd"), 1.0,
+               device="cuda", requires=gpu),
+    ]
+
+
+LAYER_TARGETS = _layer_targets()
+MODEL_TARGETS = _model_targets()
+
+
+def _text(value: Optional[float], unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f}%" if unit == "%" else f"{value:.2f}x"
+
+
+def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: str,
+             threads: int) -> list[dict]:
+    """One record per target that applies to this run (its case ran, on its device type). A
+    case whose shape differs from the target's is "not comparable" (e.g. shape flags given);
+    the record keeps the threads the run used (targets are stated for 2 threads on CPU)."""
+    by_case: dict[str, Rows] = {}
+    for row in rows:
+        by_case.setdefault(row["case"], {})[row["provider"]] = row
+    shapes = {c.label: c.to_dict() for c in cases}
+    out = []
+    for target in targets:
+        if target.case not in shapes or target.device != device_type:
+            continue
+        value = target.measure(by_case.get(target.case, {}))
+        changed = [f"{k}={shapes[target.case].get(k)!r} (target at {v!r})"
+                   for k, v in target.requires if shapes[target.case].get(k) != v]
+        if changed:
+            status = "not comparable: " + ", ".join(changed)
+        elif value is None:
+            status = "not measured"
+        elif target.at_most:
+            status = "pass" if value <= target.threshold else "fail"
+        else:
+            status = "pass" if value >= target.threshold else "fail"
+        required = ("<= " if target.at_most else ">= ") + _text(target.threshold, target.unit)
+        out.append({"name": target.name, "case": target.case, "measured": value,
+                    "threshold": target.threshold, "at_most": target.at_most,
+                    "measured_text": _text(value, target.unit), "required_text": required,
+                    "status": status, "threads": threads})
+    return out
