@@ -20,25 +20,54 @@
 
 namespace lambda_kernels {
 
-// Half-open range [begin, end) of table indices that stay inside the image; empty when
-// begin >= end (a table smaller than the distance to the image).
+// Half-open range [begin, end) of indices; empty when begin >= end.
 struct IndexRange {
   int64_t begin;
   int64_t end;
+  LK_HOST_DEVICE int64_t size() const { return end > begin ? end - begin : 0; }
 };
 
-LK_HOST_DEVICE IndexRange window_range(int64_t p, int64_t extent, int64_t table_size) {
-  const int64_t centre = table_size / 2;
-  int64_t begin = centre - p;
-  int64_t end = centre - p + extent;
-  if (begin < 0) begin = 0;
-  if (end > table_size) end = table_size;
-  return {begin, end};
-}
+// Offset of table index a along an axis of odd size R: a − R/2.
+LK_HOST_DEVICE int64_t table_offset(int64_t a, int64_t table_size) { return a - table_size / 2; }
 
 // Context coordinate addressed by table index a for a query at p.
 LK_HOST_DEVICE int64_t context_coord(int64_t p, int64_t a, int64_t table_size) {
-  return p + a - table_size / 2;
+  return p + table_offset(a, table_size);
+}
+
+// Query coordinate whose table index a addresses the context coordinate m.
+LK_HOST_DEVICE int64_t query_coord(int64_t m, int64_t a, int64_t table_size) {
+  return m - table_offset(a, table_size);
+}
+
+LK_HOST_DEVICE IndexRange clip_range(int64_t begin, int64_t end, int64_t size) {
+  return {begin < 0 ? 0 : begin, end > size ? size : end};
+}
+
+// Table indices a whose context p + a − R/2 lies inside [0, extent), for a query at p.
+LK_HOST_DEVICE IndexRange window_range(int64_t p, int64_t extent, int64_t table_size) {
+  const int64_t centre = table_size / 2;
+  return clip_range(centre - p, centre - p + extent, table_size);
+}
+
+// Table indices valid for some query coordinate in [p0, p1] (the union of their windows).
+LK_HOST_DEVICE IndexRange query_union(int64_t p0, int64_t p1, int64_t extent,
+                                      int64_t table_size) {
+  return {window_range(p1, extent, table_size).begin, window_range(p0, extent, table_size).end};
+}
+
+// Table indices a for which some context coordinate in [m0, m1] is read by a query inside
+// [0, extent): query = m − a + R/2 ∈ [0, extent).
+LK_HOST_DEVICE IndexRange context_union(int64_t m0, int64_t m1, int64_t extent,
+                                        int64_t table_size) {
+  return clip_range(m0 + table_size / 2 - extent + 1, m1 + table_size / 2 + 1, table_size);
+}
+
+// Query coordinates p in [0, extent) whose context p + a − R/2 lies inside [0, extent).
+LK_HOST_DEVICE IndexRange queries_reaching_inside(int64_t a, int64_t extent,
+                                                  int64_t table_size) {
+  const int64_t offset = table_offset(a, table_size);
+  return clip_range(-offset, extent - offset, extent);
 }
 
 LK_HOST_DEVICE float lk_exp(float x) {

@@ -90,10 +90,13 @@ def include_dirs(root: str, with_cuda: bool) -> list[str]:
 
 
 def cxx_flags() -> list[str]:
-    flags = ["-O3", "-fopenmp", "-DNDEBUG"]
-    # Vectorise for the build machine unless a portable build is asked for.
-    if os.environ.get("LAMBDA_KERNELS_PORTABLE", "0") != "1":
-        flags.append("-march=native")
+    # Portable by default: no -march flag. The CPU kernels are compiled once per instruction-set
+    # level by target pragmas in csrc/cpu/isa_*.cpp and chosen at run time, so one binary runs on
+    # any CPU of its architecture and uses the best level there. -ffp-contract=fast lets a·b + c
+    # become one FMA instruction where the level has it.
+    flags = ["-O3", "-fopenmp", "-DNDEBUG", "-ffp-contract=fast"]
+    if os.environ.get("LAMBDA_KERNELS_NATIVE", "0") == "1":
+        flags.append("-march=native")  # opt-in: tune everything else for the build machine
     return flags
 
 

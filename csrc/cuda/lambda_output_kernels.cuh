@@ -36,23 +36,6 @@ struct Geometry {
   int64_t H, W, N, Rh, Rw;
 };
 
-// Range [lo, hi) of table indices along one axis valid for some query coordinate in [p0, p1]
-// (query → context p + a − R/2 inside [0, extent)).
-__device__ __forceinline__ IndexRange query_union(int64_t p0, int64_t p1, int64_t extent,
-                                                  int64_t R) {
-  return {window_range(p1, extent, R).begin, window_range(p0, extent, R).end};
-}
-
-// Range [lo, hi) of table indices a for which some context coordinate in [m0, m1] is reached
-// from a query inside [0, extent): query = m − a + R/2 ∈ [0, extent).
-__device__ __forceinline__ IndexRange context_union(int64_t m0, int64_t m1, int64_t extent,
-                                                    int64_t R) {
-  int64_t lo = m0 + R / 2 - extent + 1, hi = m1 + R / 2 + 1;
-  if (lo < 0) lo = 0;
-  if (hi > R) hi = R;
-  return {lo, hi};
-}
-
 // Rows/columns spanned by the positions [n0, n_last] of a tile.
 struct TileSpan {
   int64_t y0, y1, x0, x1;
@@ -249,7 +232,7 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t t = t0 + row;
         if (m_ok && t < n_off) {
           const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t qy = my - a + Rh / 2, qx = mx - c + Rw / 2;  // query = m − o
+          const int64_t qy = query_coord(my, a, Rh), qx = query_coord(mx, c, Rw);
           if (qy >= 0 && qy < H && qx >= 0 && qx < W) {
             const int64_t nq = qy * W + qx;
             const scalar_t* e = E + (a * Rw + c) * K * U + u;
@@ -264,7 +247,7 @@ __global__ void __launch_bounds__(kThreads)
           const int64_t t = t0 + oi;
           if (t >= n_off) break;
           const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t qy = my - a + Rh / 2, qx = mx - c + Rw / 2;
+          const int64_t qy = query_coord(my, a, Rh), qx = query_coord(mx, c, Rw);
           if (qy < 0 || qy >= H || qx < 0 || qx >= W) continue;
           const int64_t nq = qy * W + qx;
           const acc_t s = coef[oi][lane];
@@ -317,12 +300,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t k0 = kt * kEK;
 
   // Queries (y, x) whose context (y + a − Rh/2, x + c − Rw/2) is inside the image.
-  const int64_t y_lo = std::max<int64_t>(0, Rh / 2 - a);
-  const int64_t y_hi = std::min<int64_t>(H, Rh / 2 - a + H);
-  const int64_t x_lo = std::max<int64_t>(0, Rw / 2 - c);
-  const int64_t x_hi = std::min<int64_t>(W, Rw / 2 - c + W);
-  const int64_t ny = y_hi > y_lo ? y_hi - y_lo : 0;
-  const int64_t nx = x_hi > x_lo ? x_hi - x_lo : 0;
+  const IndexRange ys = queries_reaching_inside(a, H, Rh);
+  const IndexRange xs = queries_reaching_inside(c, W, Rw);
+  const int64_t y_lo = ys.begin, x_lo = xs.begin;
+  const int64_t ny = ys.size(), nx = xs.size();
   const int64_t items = B * Hh * ny * nx;
   const int64_t per = (items + slices - 1) / slices;
   const int64_t it_begin = sl * per;

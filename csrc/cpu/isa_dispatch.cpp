@@ -1,0 +1,166 @@
+// Which instruction-set level the CPU kernels run: detected once from the CPU (cpuid through
+// __builtin_cpu_supports on x86-64; every aarch64 CPU has NEON), overridable by the environment
+// variable LAMBDA_KERNELS_CPU_ISA (read on first use) and by the op set_cpu_isa (tests and
+// benchmarks force lower levels in one process). A level this CPU lacks is refused with an
+// error naming what is missing.
+//
+// Ops (no tensors; registered with the schemas in csrc/ops.cpp):
+//   cpu_isa() -> str                      the active level
+//   cpu_isa_levels() -> str[]             levels compiled into this binary, lowest first
+//   cpu_isa_unsupported(str) -> str       "" when this CPU can run the level, else why not
+//   set_cpu_isa(str) -> str               make a level active; returns the previous one
+#include <torch/library.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "isa.h"
+
+namespace lambda_kernels {
+namespace cpu {
+
+const char* isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kBaseline: return "baseline";
+    case CpuIsa::kAvx2: return "avx2";
+    case CpuIsa::kAvx512: return "avx512";
+    case CpuIsa::kNeon: return "neon";
+  }
+  return "unknown";
+}
+
+std::vector<CpuIsa> compiled_isas() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512};
+#elif defined(__aarch64__)
+  return {CpuIsa::kNeon};
+#else
+#error "lambda_kernels: the CPU kernels are built for x86-64 and aarch64"
+#endif
+}
+
+std::string isa_unsupported_reason(CpuIsa isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  std::string missing;
+  auto need = [&](bool present, const char* feature) {
+    if (!present) missing += std::string(missing.empty() ? "" : ", ") + feature;
+  };
+  switch (isa) {
+    case CpuIsa::kBaseline:
+      break;
+    case CpuIsa::kAvx512:
+      need(__builtin_cpu_supports("avx512f"), "avx512f");
+      need(__builtin_cpu_supports("avx512bw"), "avx512bw");
+      need(__builtin_cpu_supports("avx512vl"), "avx512vl");
+      need(__builtin_cpu_supports("avx512dq"), "avx512dq");
+      [[fallthrough]];
+    case CpuIsa::kAvx2:
+      need(__builtin_cpu_supports("avx2"), "avx2");
+      need(__builtin_cpu_supports("fma"), "fma");
+      break;
+    case CpuIsa::kNeon:
+      return "neon is an aarch64 level; this is an x86-64 build";
+  }
+  return missing.empty() ? "" : "this CPU lacks " + missing;
+#else
+  return isa == CpuIsa::kNeon ? "" : std::string(isa_name(isa)) + " is an x86-64 level; this is an aarch64 build";
+#endif
+}
+
+namespace {
+
+CpuIsa parse_isa(const std::string& name, const char* where) {
+  for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kNeon})
+    if (name == isa_name(isa)) return isa;
+  TORCH_CHECK(false, where, ": unknown CPU instruction-set level '", name,
+              "'; choose one of baseline, avx2, avx512 (x86-64), neon (aarch64)");
+}
+
+CpuIsa checked(CpuIsa isa, const char* where) {
+  const std::string reason = isa_unsupported_reason(isa);
+  TORCH_CHECK(reason.empty(), where, ": cannot use the '", isa_name(isa), "' kernels: ", reason);
+  return isa;
+}
+
+CpuIsa best_supported() {
+  const std::vector<CpuIsa> levels = compiled_isas();
+  for (auto it = levels.rbegin(); it != levels.rend(); ++it)
+    if (isa_unsupported_reason(*it).empty()) return *it;
+  return levels.front();
+}
+
+constexpr int kUnresolved = -1;
+std::atomic<int> g_active{kUnresolved};
+std::mutex g_resolve_mutex;
+
+CpuIsa resolve() {
+  std::lock_guard<std::mutex> guard(g_resolve_mutex);
+  if (g_active.load() == kUnresolved) {
+    const char* forced = std::getenv("LAMBDA_KERNELS_CPU_ISA");
+    const CpuIsa isa = forced != nullptr && forced[0] != '\0'
+                           ? checked(parse_isa(forced, "LAMBDA_KERNELS_CPU_ISA"),
+                                     "LAMBDA_KERNELS_CPU_ISA")
+                           : best_supported();
+    g_active.store(static_cast<int>(isa));
+  }
+  return static_cast<CpuIsa>(g_active.load());
+}
+
+}  // namespace
+
+CpuIsa active_isa() {
+  const int isa = g_active.load(std::memory_order_acquire);
+  return isa == kUnresolved ? resolve() : static_cast<CpuIsa>(isa);
+}
+
+const CpuKernels& active_kernels() {
+  switch (active_isa()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case CpuIsa::kBaseline: return kernels_baseline();
+    case CpuIsa::kAvx2: return kernels_avx2();
+    case CpuIsa::kAvx512: return kernels_avx512();
+#endif
+#if defined(__aarch64__)
+    case CpuIsa::kNeon: return kernels_neon();
+#endif
+    default: break;
+  }
+  TORCH_CHECK(false, "lambda_kernels: no CPU kernels for level ", isa_name(active_isa()));
+}
+
+namespace {
+
+std::string cpu_isa_op() { return isa_name(active_isa()); }
+
+std::vector<std::string> cpu_isa_levels_op() {
+  std::vector<std::string> names;
+  for (CpuIsa isa : compiled_isas()) names.emplace_back(isa_name(isa));
+  return names;
+}
+
+std::string cpu_isa_unsupported_op(const std::string& name) {
+  return isa_unsupported_reason(parse_isa(name, "cpu_isa_unsupported"));
+}
+
+std::string set_cpu_isa_op(const std::string& name) {
+  const CpuIsa previous = active_isa();
+  const CpuIsa isa = checked(parse_isa(name, "set_cpu_isa"), "set_cpu_isa");
+  g_active.store(static_cast<int>(isa), std::memory_order_release);
+  return isa_name(previous);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lambda_kernels, m) {
+  m.def("cpu_isa() -> str", &cpu_isa_op);
+  m.def("cpu_isa_levels() -> str[]", &cpu_isa_levels_op);
+  m.def("cpu_isa_unsupported(str level) -> str", &cpu_isa_unsupported_op);
+  m.def("set_cpu_isa(str level) -> str", &set_cpu_isa_op);
+}
+
+}  // namespace cpu
+}  // namespace lambda_kernels
