@@ -1,17 +1,23 @@
 """A small forward + backward of the lambda op on CUDA through one back end, for
 `compute-sanitizer --tool memcheck` (see scripts/gpu_check.sh). Odd sizes, a window larger than
-the image, u > 1 and a bias, so masked tile edges are exercised.
+the image, u > 1 and a bias, rows wider than one position tile with a partial last tile, and v
+wider than one values tile, so every masked tile edge is exercised.
 
-    python scripts/sanitizer_case.py --backend triton|cuda
+    python scripts/sanitizer_case.py --backend triton|cuda [--dtype float32|float16|bfloat16]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-import torch
+# Kernels run at their default tile configurations: autotuning would time every configuration
+# under the sanitizer, which is slow and measures nothing.
+os.environ.setdefault("LAMBDA_KERNELS_TRITON_AUTOTUNE", "0")
 
-from lambda_kernels import lambda_op, reference
+import torch  # noqa: E402
+
+from lambda_kernels import lambda_op, reference  # noqa: E402
 
 
 def main() -> int:
@@ -26,7 +32,7 @@ def main() -> int:
         t = torch.randn(*shape, generator=gen) * scale
         return t.to(device="cuda", dtype=dtype).requires_grad_(True)
 
-    b, h, k, u, v, hh, ww, rh, rw = 2, 3, 5, 2, 7, 9, 6, 11, 5
+    b, h, k, u, v, hh, ww, rh, rw = 2, 3, 5, 2, 70, 5, 37, 11, 5
     q, keys, values = rand(b, h, k, hh, ww), rand(b, u, k, hh, ww), rand(b, u, v, hh, ww)
     table, bias = rand(rh, rw, k, u, scale=0.5), rand(k)
     inputs = (q, keys, values, table, bias)

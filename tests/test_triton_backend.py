@@ -26,6 +26,9 @@ _SET_INTERPRET = (not _HAS_CUDA and "triton" not in sys.modules
                   and os.environ.get("TRITON_INTERPRET") is None)
 if _SET_INTERPRET:
     os.environ["TRITON_INTERPRET"] = "1"  # before triton decorates our kernels
+# The tests check values, not speed: kernels run at their default tiles. Autotuning would compile
+# and time every configuration for every test shape (minutes on a GPU); one test tunes.
+os.environ.setdefault("LAMBDA_KERNELS_TRITON_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 
@@ -265,12 +268,13 @@ def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):
     from lambda_kernels.triton import _common, compile_check
     from lambda_kernels.triton import lambda_output as output
     monkeypatch.setattr(_common, "INTERPRETED", False)  # the GPU's choice: every fitting config
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "1")
     monkeypatch.setitem(compile_check.SHAPES, "tiny-h1", (1, 1, 3, 2, 5, 2, 5, 3, 7))
     kinds = {kernel: kind for kind, (kernel, _) in output._KERNELS.items()}
     width = compile_check.SHAPES[shape][6]
     checked = 0
     for launch in compile_check.launches_for(compile_check.SHAPES[shape], dtype):
-        _, _, jit_fn = compile_check._unwrap(launch.kernel)
+        _, _, jit_fn = _common.unwrap_kernel(launch.kernel)
         if jit_fn not in kinds:
             continue
         kind = kinds[jit_fn]
@@ -338,6 +342,25 @@ def test_cuda_larger_shape(dtype):
     y, grads, dy = _run(inputs)
     y_ref, grads_ref = _reference(inputs, dy)
     tol = SCALED_TOL[dtype] * (4 if dtype != torch.float32 else 10)
+    _assert_close("y", y, y_ref, tol)
+    for name, g, g_ref in zip(["dq", "dkeys", "dvalues", "dpos_table", "dbias"], grads,
+                              grads_ref):
+        _assert_close(name, g, g_ref, tol)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_cuda_autotuned_matches_reference(monkeypatch):
+    """With autotuning on, every configuration surviving the prune is compiled and timed; the
+    chosen ones give the reference's values and gradients (bf16, rows of several tiles)."""
+    from lambda_kernels.triton import _common
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "1")
+    inputs = make_inputs(batch=2, heads=4, dim_k=16, dim_u=1, dim_v=64, height=9, width=45,
+                         rh=11, rw=13, dtype=torch.bfloat16, device="cuda", requires_grad=True,
+                         seed=4)
+    y, grads, dy = _run(inputs)
+    y_ref, grads_ref = _reference(inputs, dy)
+    tol = SCALED_TOL[torch.bfloat16] * 4
     _assert_close("y", y, y_ref, tol)
     for name, g, g_ref in zip(["dq", "dkeys", "dvalues", "dpos_table", "dbias"], grads,
                               grads_ref):

@@ -68,18 +68,47 @@ def fits_budgets(registers: int, shared_bytes: int) -> bool:
     return registers <= TILE_REGISTER_BUDGET and shared_bytes <= SHARED_MEMORY_BUDGET
 
 
+# Set to 0 to run every kernel at its default configuration instead of autotuning (tests,
+# compute-sanitizer runs, quick starts: autotuning compiles and times every configuration once
+# per shape). Read whenever a kernel meets a new shape.
+AUTOTUNE_ENV = "LAMBDA_KERNELS_TRITON_AUTOTUNE"
+
+
+def autotuning() -> bool:
+    return not INTERPRETED and os.environ.get(AUTOTUNE_ENV, "1") != "0"
+
+
 def choose_configs(configs, footprint):
     """The autotuning configurations (all able to run the shape) that fit the budgets
     (`footprint(config)` -> (registers, shared bytes)), in their listed order: the first is the
-    default. The lightest one when none fits. Under the interpreter only the default: there is
-    nothing to time."""
+    default. The lightest one when none fits. Only the default when not autotuning (under the
+    interpreter there is nothing to time)."""
     if not configs:
         raise ValueError("no tile configuration can run this shape")
     sized = [(footprint(c), c) for c in configs]
     chosen = [c for fp, c in sized if fits_budgets(*fp)]
     if not chosen:
         chosen = [min(sized, key=lambda item: item[0])[1]]
-    return chosen[:1] if INTERPRETED else chosen
+    return chosen if autotuning() else chosen[:1]
+
+
+def prune_to_default(configs, named_args, **kwargs):
+    """early_config_prune of kernels whose configurations all fit every shape: all of them when
+    autotuning, else the first."""
+    return choose_configs(configs, lambda config: (0, 0))
+
+
+def unwrap_kernel(kernel):
+    """(autotuner or None, heuristics wrappers outermost first, JITFunction) of a kernel as
+    decorated by triton.autotune / triton.heuristics / triton.jit."""
+    from triton.runtime.autotuner import Autotuner, Heuristics
+    autotuner = kernel if isinstance(kernel, Autotuner) else None
+    inner = kernel.fn if autotuner else kernel
+    heuristics = []
+    while isinstance(inner, Heuristics):
+        heuristics.append(inner)
+        inner = inner.fn
+    return autotuner, heuristics, inner
 
 
 class Launch(NamedTuple):

@@ -30,17 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRETED, Launch, block_range, channel_block, dot_precision, load_tile,
-                      position_block, run_launches)
+from ._common import (Launch, block_range, channel_block, dot_precision, load_tile,
+                      position_block, prune_to_default, run_launches)
 
 
-def _fwd_configs():
-    if INTERPRETED:
-        return [triton.Config({}, num_warps=4)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
+# The forward streams keys and values through a software pipeline: stages and warps are tuned.
+FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
 
 
-@triton.autotune(configs=_fwd_configs(), key=["U", "K", "V", "N"])
+@triton.autotune(configs=FWD_CONFIGS, key=["U", "K", "V", "N"],
+                 prune_configs_by={"early_config_prune": prune_to_default})
 @triton.jit
 def content_lambda_fwd_kernel(
     keys_ptr, values_ptr, lam_ptr, stats_ptr,

@@ -1,0 +1,193 @@
+"""Run the Triton autotuner on a GPU over benchmark shapes and report what it chose: for every
+kernel of the lambda op, the configurations it timed, the winner, the winner's time and, for
+the positional kernels, their useful TFLOP/s next to SDPA global attention over the same tokens
+and heads in the same run (the issue-11 target: the positional forward at >= 45% of SDPA's
+TFLOP/s).
+
+    python -m lambda_kernels.triton.autotune_report [--preset gpu-headline resnet]
+        [--dtype bfloat16] [--markdown FILE] [--json FILE]
+
+Every configuration that survives pruning is compiled in parallel first (Triton's async compile
+mode, when this Triton has it), then timed by the autotuner. With TRITON_CACHE_AUTOTUNING=1 the
+choices are stored on disk, so later processes (lambda-bench) reuse them without re-tuning.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ._common import unwrap_kernel
+
+# "Useful" work of the positional part in the logit form: per (query, in-image offset, u),
+# h·(k + v) multiply-adds, for each of the four positional kernels.
+POSITIONAL = {"lambda_output_fwd_kernel": "fwd", "lambda_output_bwd_dq_kernel": "dq",
+              "lambda_output_bwd_dvalues_kernel": "dvalues",
+              "lambda_output_bwd_dtable_partial_kernel": "dE"}
+
+
+def case_shape(case) -> tuple:
+    """(B, h, k, u, v, H, W, Rh, Rw) of a lambda_kernels.bench.presets.Case."""
+    side = case.r if case.r is not None else 2 * case.n - 1
+    return (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_out // case.heads,
+            case.height, case.width, side, side)
+
+
+def in_image_taps(height, width, rh, rw) -> int:
+    """Σ over positions of the table offsets that land inside the image."""
+    def per_axis(extent, table):
+        return sum(sum(1 for a in range(table) if 0 <= y + a - table // 2 < extent)
+                   for y in range(extent))
+    return per_axis(height, rh) * per_axis(width, rw)
+
+
+def _inputs(shape, dtype, device):
+    b, heads, k, u, v, hh, ww, rh, rw = shape
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*size, scale=1.0):
+        return (torch.randn(*size, generator=gen) * scale).to(device=device, dtype=dtype)
+
+    return (rand(b, heads, k, hh, ww), rand(b, u, k, hh, ww), rand(b, u, v, hh, ww),
+            rand(rh, rw, k, u, scale=0.5), rand(b, k, v, scale=0.1))
+
+
+def launches(shape, dtype, device="cuda"):
+    """The kernel launches of the four ops (forward and backward) on random inputs."""
+    from . import content_lambda as content
+    from . import lambda_output as output
+    q, keys, values, table, lam = _inputs(shape, dtype, device)
+    b, heads, _, _, v, hh, ww = shape[:7]
+    lam_c = torch.empty_like(lam)
+    stats = torch.empty(keys.shape[:3], device=device, dtype=torch.float32)
+    y = torch.empty(b, heads, v, hh, ww, device=device, dtype=dtype)
+    dy = torch.randn_like(y)
+    items = content.content_launches(keys, values, lam_c, stats)
+    items += content.content_backward_launches(lam, keys, values, stats, torch.empty_like(keys),
+                                               torch.empty_like(values))
+    items += output.forward_launches(q, values, table, lam, y)
+    items += output.backward_launches(dy, q, values, table, lam)[0]
+    return items
+
+
+def _precompile(items) -> None:
+    """Compile every configuration the autotuner will time, on all cores at once."""
+    try:
+        from triton.runtime._async_compile import AsyncCompileMode
+    except ImportError:  # a Triton without async compilation: the autotuner compiles serially
+        return
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool, AsyncCompileMode(pool):
+        for item in items:
+            item.kernel.warmup(*item.args, grid=item.grid, **item.kwargs)
+
+
+def _config_text(config) -> str:
+    if config is None:
+        return "fixed"
+    parts = [f"{k}={v}" for k, v in config.kwargs.items()]
+    return " ".join(parts + [f"w={config.num_warps}", f"s={config.num_stages}"])
+
+
+def sdpa_tflops(shape, dtype) -> tuple[float, float]:
+    """(ms, TFLOP/s) of SDPA global attention forward over the same B, heads, H·W tokens and
+    head width v."""
+    import triton.testing
+    b, heads, _, _, v, hh, ww = shape[:7]
+    q, k, val = (torch.randn(b, heads, hh * ww, v, device="cuda", dtype=dtype) for _ in range(3))
+    ms = triton.testing.do_bench(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, val))
+    return ms, 4 * b * heads * (hh * ww) ** 2 * v / ms / 1e9
+
+
+def tune_case(label, shape, dtype) -> dict:
+    import triton.testing
+    from triton.runtime.autotuner import Autotuner
+    items = launches(shape, dtype)
+    _precompile(items)
+    b, heads, k, u, v, hh, ww, rh, rw = shape
+    useful = 2 * b * heads * u * in_image_taps(hh, ww, rh, rw) * (k + v)
+    rows = []
+    for item in items:
+        kernel = item.kernel
+        kernel[item.grid](*item.args, **item.kwargs)  # tunes (or reuses a stored choice)
+        timed = {}
+        best = None
+        if isinstance(kernel, Autotuner):
+            best = kernel.best_config
+            timed = {_config_text(c): t[0] if isinstance(t, list) else t
+                     for c, t in (getattr(kernel, "configs_timings", None) or {}).items()}
+        ms = triton.testing.do_bench(lambda: kernel[item.grid](*item.args, **item.kwargs))
+        name = unwrap_kernel(kernel)[2].__name__
+        row = dict(kernel=name, best=_config_text(best), ms=ms, timed=timed)
+        if name in POSITIONAL:
+            row["useful_tflops"] = useful / ms / 1e9
+        rows.append(row)
+    torch.cuda.synchronize()
+    sdpa_ms, sdpa_rate = sdpa_tflops(shape, dtype)
+    return dict(label=label, shape=shape, dtype=str(dtype), kernels=rows, sdpa_ms=sdpa_ms,
+                sdpa_tflops=sdpa_rate, useful_gflop=useful / 1e9)
+
+
+def markdown(results) -> str:
+    import triton
+    lines = ["# Triton autotuning on the benchmark shapes", "",
+             f"`python -m lambda_kernels.triton.autotune_report` on "
+             f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton "
+             f"{triton.__version__}). Useful FLOP of a positional kernel: 2·B·h·u·(k+v) per "
+             "in-image (query, offset) pair (the logit form); SDPA: global attention forward "
+             "over the same tokens and heads, head width v.", ""]
+    for result in results:
+        fwd = next((r for r in result["kernels"] if r["kernel"] == "lambda_output_fwd_kernel"),
+                   None)
+        lines += [f"## {result['label']}: (B, h, k, u, v, H, W, Rh, Rw) = {result['shape']}, "
+                  f"{result['dtype']}", "",
+                  f"SDPA forward {result['sdpa_ms']:.3f} ms, {result['sdpa_tflops']:.0f} TFLOP/s; "
+                  f"positional useful work {result['useful_gflop']:.1f} GFLOP per kernel"
+                  + (f"; positional forward at {fwd['useful_tflops']:.0f} TFLOP/s = "
+                     f"{100 * fwd['useful_tflops'] / result['sdpa_tflops']:.0f}% of SDPA's "
+                     "(target >= 45%)" if fwd else ""), "",
+                  "| kernel | chosen config | ms | useful TFLOP/s | configurations timed (ms) |",
+                  "|---|---|---|---|---|"]
+        for r in result["kernels"]:
+            timed = "; ".join(f"{c}: {t:.3f}" for c, t in r["timed"].items()) or "-"
+            rate = f"{r['useful_tflops']:.0f}" if "useful_tflops" in r else "-"
+            lines.append(f"| {r['kernel']} | {r['best']} | {r['ms']:.3f} | {rate} | {timed} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from ..bench.presets import DTYPES, PRESETS
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", default=["gpu-headline", "resnet"],
+                        choices=sorted(PRESETS))
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--markdown", metavar="FILE")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("autotuning needs a CUDA device", file=sys.stderr)
+        return 2
+    results = []
+    for preset in args.preset:
+        for case in PRESETS[preset].cases:
+            label = f"{preset} {case.label}".strip()
+            results.append(tune_case(label, case_shape(case), DTYPES[args.dtype]))
+            best = {r["kernel"]: (r["best"], round(r["ms"], 4)) for r in results[-1]["kernels"]}
+            print(label, json.dumps(best), flush=True)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
