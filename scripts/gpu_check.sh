@@ -77,6 +77,7 @@ fi
 ARCH="$("$PYTHON" -c 'import torch; c = torch.cuda.get_device_capability(); print(c[0] * 10 + c[1])' 2>/dev/null || echo 90)"
 step "triton compile check (sm_$ARCH)" "$OUT/triton-compile-check.log" \
     "$PYTHON" -m lambda_kernels.triton.compile_check --check --arch "$ARCH" --dtypes bf16 fp32 \
+    --shape headline resnet-56-r23 resnet-28-r9 resnet-14-r23 \
     --markdown "$OUT/triton-compile-check.md"
 
 step "backends" "$OUT/backends.txt" "$PYTHON" -c \

@@ -55,6 +55,15 @@ def position_block(n_positions: int, cap: int = 64) -> int:
     return min(pow2(n_positions, DOT_MIN), cap)
 
 
+def position_block_for(n_positions: int, widest_channel_tile: int, dtype, cap: int) -> int:
+    """Positions per tile next to a channel tile of `widest_channel_tile`: (channels ×
+    positions) tiles of about 8K elements, 2K for fp32 inputs, whose IEEE FMA products hold both
+    operands in registers (larger tiles spill there)."""
+    import torch
+    elements = 2048 if dtype == torch.float32 else 8192
+    return position_block(n_positions, cap=max(DOT_MIN, min(cap, elements // widest_channel_tile)))
+
+
 def tile_footprint(register_tiles, shared_tiles, num_warps: int, num_stages: int = 1):
     """(registers per thread, shared bytes) of a kernel whose live register tiles and
     shared-memory-staged dot operands are given as (elements, bytes per element) pairs: register

@@ -8,12 +8,13 @@ own argument specialisation), then inspected with the tools Triton ships:
 - the SASS instruction mix of the main loop (the outermost backward branch of the kernel,
   nvdisasm): MMA (HMMA / HGMMA) against FFMA, FMUL, FADD, SHFL and memory instructions.
 
-Targets (--check exits non-zero when one fails): the window loop of every positional kernel
-contains MMA instructions for 16-bit inputs (fp32 inputs use IEEE fp32 FMA on purpose: no MMA
-exists for them without TF32), and no kernel spills at its default configuration.
+Targets (--check exits non-zero when one fails on the first shape, the GPU headline by
+default): the window loop of every positional kernel contains MMA instructions for 16-bit
+inputs (fp32 inputs use IEEE fp32 FMA on purpose: no MMA exists for them without TF32), and no
+kernel spills at its default configuration.
 
     python -m lambda_kernels.triton.compile_check [--arch 80 90] [--dtypes bf16 fp32]
-        [--shape headline] [--all-configs] [--markdown FILE] [--check]
+        [--shape headline resnet-14-r23 ...] [--all-configs] [--markdown FILE] [--check]
 
 Must run without TRITON_INTERPRET (the interpreter compiles nothing).
 """
@@ -255,8 +256,8 @@ def _config_text(constexprs, options) -> str:
 
 def run(archs=(80, 90), dtypes=("bf16", "fp32"), shape="headline", all_configs=False,
         verbose=True) -> tuple[list[Report], list[Report]]:
-    """(default-configuration reports for every kernel × arch × dtype, reports of every
-    configuration surviving the prune at the first arch and dtype when all_configs)."""
+    """(default-configuration reports for every kernel × arch × dtype on one shape, reports of
+    every configuration surviving the prune at the last arch and first dtype when all_configs)."""
     defaults, sweep = [], []
     for arch in archs:
         for dtype in dtypes:
@@ -267,7 +268,7 @@ def run(archs=(80, 90), dtypes=("bf16", "fp32"), shape="headline", all_configs=F
                                  _config_text(constexprs, options))
                 defaults.append(report)
                 if verbose:
-                    print(_line(report), flush=True)
+                    print(f"{shape} {_line(report)}", flush=True)
     if all_configs:
         arch, dtype = archs[-1], dtypes[0]
         for launch in launches_for(SHAPES[shape], dtype):
@@ -279,7 +280,7 @@ def run(archs=(80, 90), dtypes=("bf16", "fp32"), shape="headline", all_configs=F
                                  _config_text(constexprs, options))
                 sweep.append(report)
                 if verbose:
-                    print("cfg " + _line(report), flush=True)
+                    print(f"{shape} cfg {_line(report)}", flush=True)
     return defaults, sweep
 
 
@@ -291,41 +292,43 @@ def _line(r: Report) -> str:
             f"loop[{mix}] [{r.config}] {verdict}")
 
 
-def markdown(defaults, sweep, shape) -> str:
+_TABLE_HEAD = ["| kernel | arch | dtype | config | regs | spills (st/ld B) | smem B | "
+               + " | ".join(f"loop {c}" for c in MIX_COLUMNS) + " | kernel MMA | verdict |",
+               "|" + "---|" * (9 + len(MIX_COLUMNS))]
+
+
+def markdown(results) -> str:
+    """The report of [(shape name, default reports, configuration sweep)]; the first shape is
+    the one the targets are checked on."""
     import triton
-    bad = [f"{r.kernel} sm_{r.arch} {r.dtype}" for r in defaults if r.problems()]
     lines = [
         "# Triton kernels: static compile check",
         "",
         f"`python -m lambda_kernels.triton.compile_check` (triton {triton.__version__}, no GPU): "
-        f"every kernel compiled for each architecture and dtype as a launch on the `{shape}` "
-        f"shape {SHAPES[shape]} (B, h, k, u, v, H, W, Rh, Rw) compiles it, at its default "
-        "configuration (the first autotuning configuration that survives pruning). Registers "
-        "and spills from `ptxas -v`; shared memory from Triton; instruction counts per warp of "
-        "one iteration of the main loop (the outermost backward branch; - where the kernel has "
-        "no loop) from `nvdisasm`: MMA = HMMA (mma.sync) + HGMMA (wgmma), LDG includes cp.async "
-        "(LDGSTS), LDS includes LDSM. fp32 inputs use IEEE fp32 products (FFMA) on purpose.",
-        "",
-        "On sm_90 one HGMMA is a whole warpgroup product (64×N×16 per instruction), so its "
-        "counts are small next to sm_80's HMMA (16×8×16 per warp).",
-        "",
-        f"Targets (MMA in every positional window loop for 16-bit inputs, no spills at the "
-        f"default configurations): {len(defaults) - len(bad)} of {len(defaults)} kernel "
-        f"compilations meet them" + (f"; missed: {', '.join(bad)}." if bad else "."),
-        "",
-        "| kernel | arch | dtype | config | regs | spills (st/ld B) | smem B | "
-        + " | ".join(f"loop {c}" for c in MIX_COLUMNS) + " | kernel MMA | verdict |",
-        "|" + "---|" * (9 + len(MIX_COLUMNS)),
+        "every kernel compiled for each architecture and dtype as a launch on the shape "
+        "(B, h, k, u, v, H, W, Rh, Rw) compiles it, at its default configuration (the first "
+        "autotuning configuration that survives pruning). Registers and spills from `ptxas -v`; "
+        "shared memory from Triton; instruction counts per warp of one iteration of the main "
+        "loop (the outermost backward branch; - where the kernel has no loop) from `nvdisasm`: "
+        "MMA = HMMA (mma.sync) + HGMMA (wgmma), LDG includes cp.async (LDGSTS), LDS includes "
+        "LDSM. fp32 inputs use IEEE fp32 products (FFMA) on purpose. On sm_90 one HGMMA is a "
+        "whole warpgroup product (64×N×16 per instruction), so its counts are small next to "
+        "sm_80's HMMA (16×8×16 per warp).",
     ]
-    for r in defaults:
-        lines.append(_row(r))
-    if sweep:
-        lines += ["", f"Every configuration surviving the prune for the positional kernels, "
-                  f"sm_{sweep[0].arch} {sweep[0].dtype} (what the autotuner times on a GPU):", "",
-                  "| kernel | arch | dtype | config | regs | spills (st/ld B) | smem B | "
-                  + " | ".join(f"loop {c}" for c in MIX_COLUMNS) + " | kernel MMA | verdict |",
-                  "|" + "---|" * (9 + len(MIX_COLUMNS))]
-        lines += [_row(r) for r in sweep]
+    for index, (shape, defaults, sweep) in enumerate(results):
+        bad = [f"{r.kernel} sm_{r.arch} {r.dtype}" for r in defaults if r.problems()]
+        verdict = (f"{len(defaults) - len(bad)} of {len(defaults)} kernel compilations meet "
+                   "the targets (MMA in every positional window loop for 16-bit inputs, no "
+                   "spills at the default configurations)"
+                   + (f"; missed: {', '.join(bad)}." if bad else "."))
+        lines += ["", f"## `{shape}` {SHAPES[shape]}" + (" (the target shape)" if index == 0
+                                                         else ""), "", verdict, ""]
+        lines += _TABLE_HEAD + [_row(r) for r in defaults]
+        if sweep:
+            lines += ["", "Every configuration surviving the prune for the positional kernels, "
+                      f"sm_{sweep[0].arch} {sweep[0].dtype} (what the autotuner times on a GPU):",
+                      ""]
+            lines += _TABLE_HEAD + [_row(r) for r in sweep]
     return "\n".join(lines) + "\n"
 
 
@@ -341,10 +344,12 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
-    parser.add_argument("--shape", default="headline", choices=sorted(SHAPES))
+    parser.add_argument("--shape", nargs="+", default=["headline"], choices=sorted(SHAPES),
+                        help="shapes to compile for; the first is the one --check and "
+                             "--all-configs apply to")
     parser.add_argument("--all-configs", action="store_true",
                         help="also compile every configuration the autotuner would time for the "
-                             "positional kernels (last arch, first dtype)")
+                             "positional kernels (first shape, last arch, first dtype)")
     parser.add_argument("--markdown", metavar="FILE", help="write the report as markdown")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 if a default configuration spills or a positional window "
@@ -353,12 +358,16 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("unset TRITON_INTERPRET: the interpreter does not compile", file=sys.stderr)
         return 2
-    defaults, sweep = run(args.arch, args.dtypes, args.shape, args.all_configs)
+    results = []
+    for index, shape in enumerate(args.shape):
+        defaults, sweep = run(args.arch, args.dtypes, shape, args.all_configs and index == 0)
+        results.append((shape, defaults, sweep))
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(markdown(defaults, sweep, args.shape))
-    bad = [r for r in defaults if r.problems()]
-    print(f"{len(defaults)} kernels compiled, {len(bad)} miss a target")
+            f.write(markdown(results))
+    target = results[0][1]
+    bad = [r for r in target if r.problems()]
+    print(f"{len(target)} kernels compiled, {len(bad)} miss a target")
     return 1 if args.check and bad else 0
 
 

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ._common import (Launch, block_range, channel_block, dot_precision, load_tile,
-                      position_block, prune_to_default, run_launches)
+                      position_block, position_block_for, prune_to_default, run_launches)
 
 
 # The forward streams keys and values through a software pipeline: stages and warps are tuned.
@@ -170,7 +170,7 @@ def content_backward_launches(d_lam_c, keys, values, stats, d_keys, d_values):
     rowdot = keys.new_empty((b, u, k), dtype=torch.float32)
     block_k = channel_block(k)
     block_v = channel_block(v)
-    block_n = position_block(n, cap=max(16, min(64, 8192 // max(block_k, block_v))))
+    block_n = position_block_for(n, max(block_k, block_v), keys.dtype, cap=64)
     meta = dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
                 PRECISION=dot_precision(keys.dtype))
     return [

@@ -72,7 +72,8 @@ import triton
 import triton.language as tl
 
 from ._common import (DOT_MIN, Launch, block_range, channel_block, choose_configs, dot_precision,
-                      load_tile, offset_range, position_block, pow2, run_launches, tile_footprint)
+                      load_tile, offset_range, position_block_for, pow2, run_launches,
+                      tile_footprint)
 
 # ------------------------------------------------------------------ tile configurations
 # Autotuning key: everything the tile choice depends on (input dtypes are appended by Triton).
@@ -116,17 +117,18 @@ def _config(block_t, num_warps, v_cap=None):
 # extent of its second product, so at least 16; its query halo's loads are amortised over T
 # targets, so T=64 issues the fewest instructions per target.
 #
-# fp32 inputs multiply as IEEE fp32 FMA products, which need far more registers than MMA
-# fragments: the 16-bit tiles spill there (the compile check shows it), so fp32 launches tune
-# over their own smaller tiles (T=16 only where one head leaves T=8 below DOT_MIN rows).
+# fp32 inputs multiply as IEEE fp32 FMA products, whose registers grow with the tile far
+# faster than MMA fragments: the 16-bit tiles spill there (the compile check shows it), so fp32
+# launches tune over their own list, only at its narrowest valid T (see _prune), preferring 8
+# warps (T=16 serves one head, where T=8 leaves fewer than DOT_MIN rows).
 CONFIGS = {
     "fwd": ([_config(32, 8, 64), _config(16, 4, 64), _config(32, 8, 128), _config(16, 8, 128),
              _config(8, 4, 64), _config(8, 4, 128)],
-            [_config(8, 4, 64), _config(16, 4, 64)]),
+            [_config(8, 8, 64), _config(8, 4, 64), _config(16, 8, 64)]),
     "dq": ([_config(32, 8), _config(16, 4), _config(16, 8), _config(8, 4)],
-           [_config(8, 4), _config(16, 4)]),
+           [_config(8, 8), _config(8, 4), _config(16, 8)]),
     "dtable": ([_config(16, 4), _config(32, 8), _config(16, 8), _config(8, 4)],
-               [_config(8, 4), _config(16, 4)]),
+               [_config(8, 8), _config(8, 4), _config(16, 8)]),
     "dvalues": ([_config(64, 8, 64), _config(32, 8, 64), _config(32, 8, 128), _config(16, 4, 64),
                  _config(16, 8, 64)],
                 [_config(16, 8, 16)]),
@@ -196,8 +198,9 @@ def footprint(kind: str, args: dict, config):
 
 def _prune(kind):
     """early_config_prune of kernel `kind`: configurations whose products are valid tl.dot shapes
-    (at least DOT_MIN rows per tile), not wider than the image row unless none narrower is valid,
-    and within the register and shared-memory budgets; preferred first (see choose_configs)."""
+    (at least DOT_MIN rows per tile), not wider than the image row unless none narrower is valid
+    (fp32: the narrowest valid), and within the register and shared-memory budgets; preferred
+    first (see choose_configs)."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
@@ -207,8 +210,8 @@ def _prune(kind):
         if not valid:
             raise ValueError(f"no {kind} tile configuration reaches {DOT_MIN} rows")
         narrowest = min(c.kwargs["BLOCK_T"] for c in valid)
-        valid = [c for c in valid
-                 if c.kwargs["BLOCK_T"] <= max(pow2(args["W_DIM"]), narrowest)]
+        widest = narrowest if _element_size(args) == 4 else max(pow2(args["W_DIM"]), narrowest)
+        valid = [c for c in valid if c.kwargs["BLOCK_T"] <= widest]
         return choose_configs(valid, lambda config: footprint(kind, args, config))
 
     return prune
@@ -588,7 +591,7 @@ def backward_launches(dy, q, values, pos_table, lam):
         row_blocks))
 
     block_lam_k, block_lam_v = channel_block(k), channel_block(v)
-    block_n = position_block(n, cap=max(16, min(128, 8192 // max(block_lam_k, block_lam_v))))
+    block_n = position_block_for(n, max(block_lam_k, block_lam_v), q.dtype, cap=128)
     n_tiles = triton.cdiv(n, block_n)
     lam_splits = min(n_tiles, MAX_SPLITS)
     tiles_per_split = triton.cdiv(n_tiles, lam_splits)
