@@ -552,8 +552,9 @@ def forward_launches(q, values, pos_table, lam, y):
 # Number of partial sums per reduction: fixed by the shapes only, so the summation order (and
 # hence every bit of the result, for a given tile configuration) is the same on every call.
 MAX_SPLITS = 32
-# dE programs to aim for: (table rows × u) × splits of at least a few waves on a large GPU.
-DTABLE_PROGRAMS = 2048
+# dE programs to aim for, (table rows × u) × splits: about 8 per SM of a 132-SM GPU, while the
+# float32 partial sums (splits × rows × u × k × window) stay a few MB (2.7 MB at r=41, k=16).
+DTABLE_PROGRAMS = 1024
 MAX_DTABLE_SPLITS = 64
 
 
