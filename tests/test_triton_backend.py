@@ -293,6 +293,41 @@ def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):
     assert checked == 4
 
 
+def _scratch_bytes(shape) -> int:
+    """Bytes the launch records of forward and backward allocate besides the inputs, y and the
+    input-sized gradients (meta tensors: no kernel runs)."""
+    from lambda_kernels.triton import compile_check
+    b, heads, k, u, v, hh, ww, rh, rw = shape
+    n = hh * ww
+    input_sized = {b * heads * k * n, b * u * k * n, b * u * v * n, rh * rw * k * u, b * k * v,
+                   b * heads * v * n}
+    return sum(arg.numel() * arg.element_size()
+               for launch in compile_check.launches_for(shape, "bf16") for arg in launch.args
+               if isinstance(arg, torch.Tensor) and arg.numel() not in input_sized)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 16, 1, 128, 48, 48, 41, 41),  # the CUDA memory test's
+                                   (32, 4, 16, 1, 64, 56, 56, 23, 23),  # GPU headline
+                                   (1, 4, 16, 1, 8, 64, 64, 127, 127)],  # global context
+                         ids=["memory-test", "headline", "global-64"])
+def test_launches_allocate_no_big_intermediates(shape):
+    """The memory rule on the launch records: besides outputs and input-sized gradients, forward
+    and backward allocate only partial sums (dΛ per batch element, dE per split of a table-sized
+    sum), which stay below a quarter of one λp (B·N·k·v) or all-logits (B·h·N·r²) tensor at the
+    CUDA memory test's shape and do not grow with the image: doubling B, H and W multiplies λp
+    and the logits by 8, the scratch by at most 2 (the dΛ partials follow B)."""
+    if lk_triton is None:
+        pytest.skip(_IMPORT_ERROR)
+    b, heads, k, u, v, hh, ww, rh, rw = shape
+    scratch = _scratch_bytes(shape)
+    assert scratch > 0
+    if shape[0] == 2:
+        big = min(b * hh * ww * k * v, b * heads * hh * ww * rh * rw) * 2
+        assert scratch < big / 4, (scratch, big)
+    larger = (2 * b, heads, k, u, v, 2 * hh, 2 * ww, rh, rw)
+    assert _scratch_bytes(larger) <= 2 * scratch, (_scratch_bytes(larger), scratch)
+
+
 # ------------------------------------------------------------------ selection reasons
 def test_reason_without_interpreter(monkeypatch):
     if lk_triton is None:
