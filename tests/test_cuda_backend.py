@@ -1,17 +1,21 @@
-"""The fused CUDA back end (csrc/cuda): registration, values and gradients vs the reference.
+"""The fused CUDA back end (csrc/cuda): what tests/test_backends.py does not cover for it.
+
+tests/test_backends.py runs the `cuda` target of tests/harness.py like every back end: outputs
+and all gradients against the float64 reference over harness.SHAPES in every dtype, bit-identical
+repeated backward, float64 gradcheck and opcheck of its four ops. This file keeps what is
+specific to CUDA:
 
 - test_cuda_kernels_registered runs without a GPU: a CUDA build of torch plus an extension
   built with CUDA must have a CUDA kernel for every op (skipped only when torch has no CUDA or
   the build was explicitly without CUDA, LAMBDA_KERNELS_WITH_CUDA=0).
 - test_cuda_kernels_emulated_on_cpu runs without a GPU too: it compiles the CUDA kernel headers
-  (csrc/cuda/*_kernels.cuh, device code only) as plain C++ with one std::thread per CUDA thread,
-  blocks run one after the other, __shared__ arrays as statics of the running block and
-  __syncthreads as a barrier that fails on a deadlock, and checks every kernel against the
-  reference. It exercises the real index math, tiling, shared-memory use and barrier placement.
-- Everything else needs a GPU and is skipped with "no CUDA device" otherwise.
-
-Tolerance rule (flash-attention's): the back end's error against an fp64 reference must be at
-most 2x the error of the same-dtype PyTorch reference, plus a small absolute slack.
+  (csrc/cuda/*_kernels.cuh, device code only) as plain C++ (tests/cuda_emulation.cpp) with one
+  std::thread per CUDA thread, blocks run one after the other, __shared__ arrays as statics of
+  the running block and __syncthreads as a barrier that fails on a deadlock, and checks every
+  kernel against the reference. It exercises the real index math, tiling, shared-memory use and
+  barrier placement.
+- Everything else needs a GPU and is skipped with the cuda target's reason otherwise: agreement
+  with the Triton back end, the content-lambda op and its statistics, peak memory, empty batch.
 """
 from __future__ import annotations
 
@@ -21,16 +25,15 @@ import shutil
 import pytest
 import torch
 
-from lambda_kernels import _ext, backends
-from lambda_kernels.functional import lambda_op
+import harness
+from lambda_kernels import _ext
 from lambda_kernels.reference import content_lambda as reference_content_lambda
 from lambda_kernels.reference import lambda_reference
 
-from lambda_kernels._meta import OP_NAMES as OPS
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SLACK = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+from lambda_kernels._op_registrations import OP_NAMES as OPS
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CUDA = next(t for t in harness.TARGETS if t.backend == "cuda")
 
 
 def _cuda_build_disabled() -> bool:
@@ -50,116 +53,51 @@ def test_cuda_kernels_registered():
                          "LAMBDA_KERNELS_WITH_CUDA=1")
 
 
-def _cuda_backend_reason():
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    reason = _ext.load()
-    if reason is not None:
-        return reason
-    missing = [op for op in OPS if not _ext.has_kernel(op, "CUDA")]
-    return f"extension has no CUDA kernels for {missing}" if missing else None
-
-
 @pytest.fixture(scope="module")
 def cuda_backend():
-    reason = _cuda_backend_reason()
+    reason = CUDA.skip_reason()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(f"{CUDA.id}: {reason}")
+    return CUDA
 
 
-# (B, heads, k, u, v, H, W, Rh, Rw, bias)
-SHAPES = [
-    (2, 4, 16, 1, 8, 7, 9, 5, 5, True),      # odd sizes, typical k
-    (1, 1, 4, 2, 3, 1, 13, 3, 7, False),     # H = 1
-    (2, 2, 8, 3, 5, 11, 1, 7, 3, True),      # W = 1
-    (1, 2, 4, 4, 6, 5, 6, 13, 15, False),    # window >= 2·max(H, W), rectangular table
-    (2, 3, 8, 1, 4, 6, 6, 11, 11, False),    # global context: (2n-1)² table, n = 6
-    (1, 3, 20, 2, 40, 9, 10, 3, 5, True),    # k > 16 and v > 32: several channel tiles
-    (1, 2, 4, 2, 4, 17, 19, 5, 3, True),     # tiles spanning rows
-    (3, 1, 3, 1, 2, 1, 1, 1, 1, True),       # 1x1 image, 1x1 table
-    (1, 4, 5, 3, 7, 12, 5, 1, 9, False),     # Rh = 1
-]
+def _triton_on_gpu():
+    """The harness's Triton target on CUDA tensors, or why there is none."""
+    for target in harness.TARGETS:
+        if target.backend == "triton" and target.device == "cuda":
+            return target, target.skip_reason()
+    return None, "harness has no Triton target on CUDA tensors (no GPU, or interpreter on)"
 
 
-def _inputs(shape, dtype, device="cuda", seed=0):
-    b, h, k, u, v, hh, ww, rh, rw, bias = shape
-    g = torch.Generator(device="cpu").manual_seed(seed)
-
-    def rand(*s, scale=1.0):
-        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(device=device,
-                                                                                dtype=dtype)
-
-    q = rand(b, h, k, hh, ww)
-    keys = rand(b, u, k, hh, ww, scale=2.0)
-    values = rand(b, u, v, hh, ww)
-    pos = rand(rh, rw, k, u, scale=0.5)
-    bias_t = rand(k) if bias else None
-    return q, keys, values, pos, bias_t
-
-
-def _run(fn, inputs, dy):
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
-    y = fn(*leaves)
-    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy)
-    return [y.detach()] + list(grads)
-
-
-def _assert_close_rule(name, got, ref64, ref_same, dtype):
-    got, ref64, ref_same = got.double(), ref64.double(), ref_same.double()
-    assert got.shape == ref64.shape, name
-    assert torch.isfinite(got).all(), f"{name}: non-finite values"
-    scale = max(1.0, ref64.abs().max().item())
-    err = (got - ref64).abs().max().item()
-    ref_err = (ref_same - ref64).abs().max().item()
-    bound = 2 * ref_err + SLACK[dtype] * scale
-    assert err <= bound, f"{name} ({dtype}): max error {err:.3e} > bound {bound:.3e}"
-
-
-@needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_forward_backward_vs_reference(cuda_backend, shape, dtype):
-    inputs = _inputs(shape, dtype)
-    b, h, _, _, v, hh, ww = shape[:7]
-    dy = torch.randn(b, h, v, hh, ww, device="cuda", dtype=torch.float64,
-                     generator=torch.Generator("cuda").manual_seed(1))
-    got = _run(lambda *t: lambda_op(*t, backend="cuda"), inputs, dy.to(dtype))
-    ref64 = _run(lambda_reference, [None if t is None else t.double() for t in inputs], dy)
-    ref_same = _run(lambda_reference, inputs, dy.to(dtype))
-    names = ["y", "d_q", "d_keys", "d_values", "d_pos_table"] + (["d_bias"] if shape[-1] else [])
-    for name, g, r64, rs in zip(names, got, ref64, ref_same):
-        _assert_close_rule(name, g, r64, rs, dtype)
-
-
-def _triton_reason(inputs):
-    if "triton" not in backends.names():
-        return "triton back end not registered"
-    return backends.get("triton").can_run(inputs[0].device.type, inputs[0].dtype)
-
-
-@needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", SHAPES[:5], ids=str)
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", harness.SHAPES, ids=lambda s: s.id)
 def test_matches_triton(cuda_backend, shape, dtype):
-    inputs = _inputs(shape, dtype, seed=3)
-    reason = _triton_reason(inputs)
+    """Both back ends are held to the harness's rule against float64, so they agree within
+    twice its bound: max|cuda − triton| ≤ 2 · (2 · max|ref_dtype − ref64| + FLOOR · scale)."""
+    triton, reason = _triton_on_gpu()
     if reason is not None:
         pytest.skip(f"triton back end unavailable: {reason}")
-    b, h, _, _, v, hh, ww = shape[:7]
-    dy = torch.randn(b, h, v, hh, ww, device="cuda", dtype=dtype)
-    got = _run(lambda *t: lambda_op(*t, backend="cuda"), inputs, dy)
-    tri = _run(lambda *t: lambda_op(*t, backend="triton"), inputs, dy)
-    ref64 = _run(lambda_reference, [None if t is None else t.double() for t in inputs],
-                 dy.double())
-    for g, t, r in zip(got, tri, ref64):
-        # both back ends are held to the same rule against fp64, so they agree within twice it
-        err_t = (t.double() - r).abs().max().item()
-        scale = max(1.0, r.abs().max().item())
-        assert (g.double() - t.double()).abs().max().item() <= 3 * err_t + 4 * SLACK[dtype] * scale
+    inputs = shape.inputs(dtype, "cuda", seed=3)
+    dy = torch.randn(shape.output_shape(), generator=torch.Generator().manual_seed(4),
+                     dtype=torch.float64).to("cuda")
+    got = harness.outputs_and_grads(cuda_backend.run, inputs, dy.to(dtype))
+    tri = harness.outputs_and_grads(triton.run, inputs, dy.to(dtype))
+    ref64 = harness.outputs_and_grads(lambda_reference, [None if t is None else t.double()
+                                                         for t in inputs], dy)
+    ref_dtype = harness.outputs_and_grads(lambda_reference, inputs, dy.to(dtype))
+    for name, c, t, r64, rd in zip(harness.GRAD_NAMES, got, tri, ref64, ref_dtype):
+        c, t, r64, rd = c.double(), t.double(), r64.double(), rd.double()
+        assert c.shape == t.shape, f"{name}: shape {tuple(c.shape)} != {tuple(t.shape)}"
+        if not c.numel():
+            continue
+        scale = max(1.0, r64.abs().max().item())
+        bound = 2 * (rd - r64).abs().max().item() + harness.FLOOR[dtype] * scale
+        diff = (c - t).abs().max().item()
+        assert diff <= 2 * bound, (f"{name} ({dtype}): cuda and triton differ by {diff:.3e} > "
+                                   f"twice the rule's bound {bound:.3e}")
 
 
-@needs_gpu
-@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,), ids=str)
+@pytest.mark.parametrize("dtype", GPU_DTYPES + (torch.float64,), ids=str)
 def test_content_lambda_op(cuda_backend, dtype):
     keys = torch.randn(2, 3, 5, 7, 9, device="cuda", dtype=dtype) * 3
     values = torch.randn(2, 3, 6, 7, 9, device="cuda", dtype=dtype)
@@ -169,60 +107,20 @@ def test_content_lambda_op(cuda_backend, dtype):
     lse = torch.logsumexp(keys.double().flatten(3), dim=-1)
     assert (stats.double() - lse).abs().max().item() < 1e-4 * max(1.0, lse.abs().max().item())
     ref64 = reference_content_lambda(keys.double(), values.double())
-    ref_same = reference_content_lambda(keys, values)
-    _assert_close_rule("lam_c", lam_c, ref64, ref_same, dtype)
+    ref_dtype = reference_content_lambda(keys, values)
+    harness.assert_close_rule("lam_c", lam_c, ref64, ref_dtype, dtype)
 
 
-@needs_gpu
-def test_gradcheck_float64(cuda_backend):
-    for shape in [(1, 2, 3, 2, 2, 3, 4, 3, 5, True), (2, 1, 2, 1, 3, 1, 3, 7, 3, False)]:
-        inputs = [t.requires_grad_(True) for t in _inputs(shape, torch.float64) if t is not None]
-        assert torch.autograd.gradcheck(lambda *t: lambda_op(*t, backend="cuda"), inputs,
-                                        eps=1e-6, atol=1e-5, rtol=1e-4)
-
-
-@needs_gpu
-def test_opcheck(cuda_backend):
-    q, keys, values, pos, _ = _inputs((2, 2, 4, 2, 3, 5, 6, 3, 5, False), torch.float32)
-    ops = torch.ops.lambda_kernels
-    lam_c, stats = ops.content_lambda(keys, values)
-    dy = torch.randn(2, 2, 3, 5, 6, device="cuda")
-    samples = [
-        (ops.content_lambda.default, (keys, values)),
-        (ops.content_lambda_backward.default, (torch.randn_like(lam_c), keys, values, stats)),
-        (ops.lambda_output.default, (q, values, pos, lam_c)),
-        (ops.lambda_output_backward.default, (dy, q, values, pos, lam_c)),
-    ]
-    for op, args in samples:
-        torch.library.opcheck(op, args)
-
-
-@needs_gpu
-@pytest.mark.parametrize("dtype", (torch.float32, torch.float16), ids=str)
-def test_backward_deterministic(cuda_backend, dtype):
-    q, keys, values, pos, _ = _inputs((3, 4, 16, 2, 16, 23, 21, 7, 9, False), dtype)
-    lam = torch.randn(3, 16, 16, device="cuda", dtype=dtype)
-    dy = torch.randn(3, 4, 16, 23, 21, device="cuda", dtype=dtype)
-    first = torch.ops.lambda_kernels.lambda_output_backward(dy, q, values, pos, lam)
-    for _ in range(3):
-        again = torch.ops.lambda_kernels.lambda_output_backward(dy, q, values, pos, lam)
-        for a, b in zip(first, again):
-            assert torch.equal(a, b), "CUDA backward is not bitwise deterministic"
-    c1 = torch.ops.lambda_kernels.content_lambda(keys, values)
-    c2 = torch.ops.lambda_kernels.content_lambda(keys, values)
-    assert torch.equal(c1[0], c2[0]) and torch.equal(c1[1], c2[1])
-
-
-@needs_gpu
 def test_peak_memory_has_no_big_intermediates(cuda_backend):
     # λp would be B·N·k·v = 1·4096·16·64 floats = 16 MiB; logits B·h·N·r² = 4·4096·81 floats.
-    q, keys, values, pos, bias = _inputs((1, 4, 16, 1, 64, 64, 64, 9, 9, True), torch.float32)
-    leaves = [t.requires_grad_(True) for t in (q, keys, values, pos, bias)]
+    leaves = harness.make_inputs(batch=1, heads=4, dim_k=16, dim_u=1, dim_v=64, height=64,
+                                 width=64, rh=9, rw=9, bias=True, dtype=torch.float32,
+                                 device="cuda", requires_grad=True, seed=0)
     dy = torch.randn(1, 4, 64, 64, 64, device="cuda")
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    y = lambda_op(*leaves, backend="cuda")
+    y = cuda_backend.run(*leaves)
     torch.autograd.grad(y, leaves, dy)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
@@ -231,7 +129,6 @@ def test_peak_memory_has_no_big_intermediates(cuda_backend):
     assert extra < lam_p_bytes, f"peak extra memory {extra / 2**20:.1f} MiB"
 
 
-@needs_gpu
 def test_empty_batch_and_direct_op_checks(cuda_backend):
     ops = torch.ops.lambda_kernels
     keys = torch.randn(0, 2, 3, 4, 5, device="cuda")
@@ -248,259 +145,7 @@ def test_empty_batch_and_direct_op_checks(cuda_backend):
 
 
 # ------------------------------------------------------------------ CPU emulation of the kernels
-_EMULATION_SOURCE = r'''
-// CPU emulation of the CUDA kernels: one std::thread per CUDA thread, blocks run one after the
-// other, __shared__ arrays become function statics (shared by the threads of the running block),
-// __syncthreads is a barrier that fails loudly on a deadlock (a barrier not reached by all).
-#include <torch/extension.h>
-
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
-#include <stdexcept>
-#include <thread>
-#include <vector>
-
-struct lk_dim3 {
-  unsigned int x = 0, y = 0, z = 0;
-};
-static thread_local lk_dim3 threadIdx, blockIdx, blockDim;
-
-class LkBarrier {
- public:
-  explicit LkBarrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    if (failed_) return;
-    const long gen = gen_;
-    if (++count_ == n_) {
-      count_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return;
-    }
-    if (!cv_.wait_for(lock, std::chrono::seconds(20), [&] { return gen_ != gen || failed_; })) {
-      failed_ = true;  // releases everyone; later waits return at once
-      cv_.notify_all();
-    }
-  }
-  bool failed() {
-    std::lock_guard<std::mutex> lock(m_);
-    return failed_;
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, count_ = 0;
-  long gen_ = 0;
-  bool failed_ = false;
-};
-static LkBarrier* lk_barrier = nullptr;
-inline void __syncthreads() { lk_barrier->wait(); }
-
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(x)
-#define __shared__ static
-#define LK_CUDA_EMULATION 1
-
-#include "cuda/content_lambda_kernels.cuh"
-#include "cuda/lambda_output_kernels.cuh"
-
-namespace lkc = lambda_kernels::cuda;
-
-// kThreads persistent threads walk the blocks in order; a barrier after each block keeps the
-// statics (__shared__) of one block from being overwritten by the next.
-template <typename F>
-void emu_launch(int64_t blocks, F body) {
-  LkBarrier barrier(lkc::kThreads);
-  lk_barrier = &barrier;
-  std::vector<std::thread> threads;
-  threads.reserve(lkc::kThreads);
-  for (int t = 0; t < lkc::kThreads; ++t)
-    threads.emplace_back([&, t] {
-      for (int64_t b = 0; b < blocks && !barrier.failed(); ++b) {
-        blockIdx.x = static_cast<unsigned>(b);
-        threadIdx.x = t;
-        blockDim.x = lkc::kThreads;
-        body();
-        barrier.wait();
-      }
-    });
-  for (auto& th : threads) th.join();
-  TORCH_CHECK(!barrier.failed(), "emulated __syncthreads deadlocked (a barrier not reached by all "
-              "threads of a block)");
-}
-
-template <typename scalar_t, bool kSoftmax>
-void emu_gram(const at::Tensor& A, const at::Tensor& Bm, const at::Tensor* lse, at::Tensor& out,
-              int64_t batch, int64_t G, int64_t I, int64_t J, int64_t N) {
-  using acc_t = at::opmath_type<scalar_t>;
-  if (batch == 0 || I == 0 || J == 0) return;
-  const lkc::GramPlan plan = lkc::gram_plan(batch, I, J, N);
-  at::Tensor partial = at::full({batch, plan.chunks, I, J}, std::nan(""),
-                                A.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-  const acc_t* lse_ptr = kSoftmax ? lse->data_ptr<acc_t>() : nullptr;
-  emu_launch(plan.blocks, [&] {
-    lkc::gram_partial_kernel<scalar_t, kSoftmax>(A.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(),
-                                                 lse_ptr, partial.data_ptr<acc_t>(), G, I, J, N,
-                                                 plan.chunk_len, plan.chunks, plan.i_tiles,
-                                                 plan.j_tiles);
-  });
-  emu_launch(lkc::ceil_div(batch * I * J, lkc::kThreads), [&] {
-    lkc::gram_reduce_kernel<acc_t, scalar_t>(partial.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
-                                             batch, plan.chunks, I * J);
-  });
-}
-
-std::vector<at::Tensor> emu_content_lambda(at::Tensor keys, at::Tensor values) {
-  keys = keys.contiguous();
-  values = values.contiguous();
-  const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
-  const int64_t N = keys.size(3) * keys.size(4);
-  const auto acc = keys.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor stats = at::full({B, U, K}, std::nan(""), keys.options().dtype(acc));
-  at::Tensor lam_c = at::full({B, K, V}, std::nan(""), keys.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "emu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    if (B * U * K > 0)
-      emu_launch(B * U * K, [&] {
-        lkc::softmax_stats_kernel<scalar_t>(keys.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), N);
-      });
-    emu_gram<scalar_t, true>(keys, values, &stats, lam_c, B, U, K, V, N);
-  });
-  return {lam_c, stats};
-}
-
-std::vector<at::Tensor> emu_content_lambda_backward(at::Tensor d_lam, at::Tensor keys,
-                                                    at::Tensor values, at::Tensor stats) {
-  keys = keys.contiguous();
-  values = values.contiguous();
-  stats = stats.contiguous();
-  d_lam = d_lam.to(stats.scalar_type()).contiguous();
-  at::Tensor d_keys = at::full_like(keys, std::nan(""));
-  at::Tensor d_values = at::full_like(values, std::nan(""));
-  const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
-  const int64_t N = keys.size(3) * keys.size(4);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "emu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const int64_t rows = B * U * K;
-    if (rows > 0 && N > 0) {
-      const lkc::RowdotPlan plan = lkc::rowdot_plan(rows, N);
-      at::Tensor partial = at::full({rows, plan.chunks}, std::nan(""), stats.options());
-      at::Tensor rowdot = at::full({rows}, std::nan(""), stats.options());
-      emu_launch(rows * plan.chunks, [&] {
-        lkc::rowdot_partial_kernel<scalar_t>(keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                             stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
-                                             partial.data_ptr<acc_t>(), U, K, V, N, plan.chunk_len,
-                                             plan.chunks);
-      });
-      emu_launch(lkc::ceil_div(rows, lkc::kThreads), [&] {
-        lkc::rowdot_reduce_kernel<acc_t>(partial.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(), rows,
-                                         plan.chunks);
-      });
-      emu_launch(lkc::ceil_div(rows * N, lkc::kThreads), [&] {
-        lkc::d_keys_kernel<scalar_t>(keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                     stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
-                                     rowdot.data_ptr<acc_t>(), d_keys.data_ptr<scalar_t>(), U, K, V,
-                                     N, rows * N);
-      });
-    }
-    const int64_t total_v = B * U * V * N;
-    if (total_v > 0)
-      emu_launch(lkc::ceil_div(total_v, lkc::kThreads), [&] {
-        lkc::d_values_content_kernel<scalar_t>(keys.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(),
-                                               d_lam.data_ptr<acc_t>(),
-                                               d_values.data_ptr<scalar_t>(), U, K, V, N, total_v);
-      });
-  });
-  return {d_keys, d_values};
-}
-
-static lkc::Geometry geometry(const at::Tensor& q, const at::Tensor& E) {
-  lkc::Geometry g;
-  g.H = q.size(3);
-  g.W = q.size(4);
-  g.N = g.H * g.W;
-  g.Rh = E.size(0);
-  g.Rw = E.size(1);
-  return g;
-}
-
-at::Tensor emu_lambda_output(at::Tensor q, at::Tensor values, at::Tensor E, at::Tensor lam) {
-  q = q.contiguous();
-  values = values.contiguous();
-  E = E.contiguous();
-  lam = lam.to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
-  const int64_t B = q.size(0), Hh = q.size(1), K = q.size(2);
-  const int64_t U = values.size(1), V = values.size(2);
-  const lkc::Geometry geo = geometry(q, E);
-  at::Tensor y = at::full({B, Hh, V, geo.H, geo.W}, std::nan(""), q.options());
-  const int64_t q_tiles = lkc::ceil_div(geo.N, lkc::kTQ), v_tiles = lkc::ceil_div(V, lkc::kTD);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    emu_launch(B * Hh * q_tiles * v_tiles, [&] {
-      lkc::query_tile_kernel<scalar_t, false>(q.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                           E.data_ptr<scalar_t>(), lam.data_ptr<acc_t>(),
-                                           y.data_ptr<scalar_t>(), Hh, K, U, V, geo, q_tiles,
-                                           v_tiles);
-    });
-  });
-  return y;
-}
-
-std::vector<at::Tensor> emu_lambda_output_backward(at::Tensor dy, at::Tensor q, at::Tensor values,
-                                                   at::Tensor E, at::Tensor lam_in) {
-  dy = dy.contiguous();
-  q = q.contiguous();
-  values = values.contiguous();
-  E = E.contiguous();
-  const auto acc = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor lam = lam_in.to(acc).contiguous();
-  const int64_t B = q.size(0), Hh = q.size(1), K = q.size(2);
-  const int64_t U = values.size(1), V = values.size(2);
-  const lkc::Geometry geo = geometry(q, E);
-  const int64_t N = geo.N, Rh = geo.Rh, Rw = geo.Rw;
-  at::Tensor dq = at::full_like(q, std::nan(""));
-  at::Tensor d_values = at::full_like(values, std::nan(""));
-  at::Tensor d_pos = at::full_like(E, std::nan(""));
-  at::Tensor d_lam = at::full({B, K, V}, std::nan(""), lam_in.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const int64_t q_tiles = lkc::ceil_div(N, lkc::kTQ);
-    const int64_t k_tiles = lkc::ceil_div(K, lkc::kTD), v_tiles = lkc::ceil_div(V, lkc::kTD);
-    emu_launch(B * Hh * q_tiles * k_tiles, [&] {
-      lkc::query_tile_kernel<scalar_t, true>(dy.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                E.data_ptr<scalar_t>(), lam.data_ptr<acc_t>(),
-                                dq.data_ptr<scalar_t>(), Hh, K, U, V, geo, q_tiles, k_tiles);
-    });
-    emu_launch(B * U * q_tiles * v_tiles, [&] {
-      lkc::d_values_pos_kernel<scalar_t>(dy.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
-                                         E.data_ptr<scalar_t>(), d_values.data_ptr<scalar_t>(), Hh,
-                                         K, U, V, geo, q_tiles, v_tiles);
-    });
-    const int64_t table = Rh * Rw * K * U;
-    if (table > 0) {
-      const lkc::DPosPlan plan = lkc::d_pos_plan(B, Hh, N, Rh, Rw, U, K);
-      at::Tensor partial = at::full({plan.slices, table}, std::nan(""), lam.options());
-      emu_launch(plan.blocks, [&] {
-        lkc::d_pos_partial_kernel<scalar_t>(dy.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
-                                            values.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(),
-                                            B, Hh, K, U, V, geo, plan.k_tiles, plan.slices);
-      });
-      emu_launch(lkc::ceil_div(table, lkc::kThreads), [&] {
-        lkc::slice_reduce_kernel<acc_t, scalar_t>(partial.data_ptr<acc_t>(),
-                                                  d_pos.data_ptr<scalar_t>(), table, plan.slices);
-      });
-    }
-    emu_gram<scalar_t, false>(q, dy, nullptr, d_lam, B, Hh, K, V, N);
-  });
-  return {dq, d_values, d_pos, d_lam};
-}
-'''
+EMULATION_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emulation.cpp")
 
 _EMULATED = ("emu_content_lambda", "emu_content_lambda_backward", "emu_lambda_output",
              "emu_lambda_output_backward")
@@ -519,8 +164,10 @@ def emulated_kernels(tmp_path_factory):
     csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
     if not os.path.isfile(os.path.join(csrc, "cuda", "lambda_output_kernels.cuh")):
         pytest.skip("csrc/ not available")
+    with open(EMULATION_SOURCE) as f:
+        source = f.read()
     return cpp_extension.load_inline(
-        "lambda_kernels_cuda_emulation", cpp_sources=[_EMULATION_SOURCE], functions=list(_EMULATED),
+        "lambda_kernels_cuda_emulation", cpp_sources=[source], functions=list(_EMULATED),
         extra_include_paths=[csrc], extra_cflags=["-O1", "-w"],
         build_directory=str(tmp_path_factory.mktemp("cuda_emulation")), verbose=False)
 
