@@ -8,8 +8,11 @@ Public API:
     available_backends        every back end and why it cannot run here (None = runs)
     BackendUnavailableError   raised when an explicitly requested back end cannot run
     reference                 the pure-PyTorch ground truth (module)
+    cpu_isa / cpu_isa_levels  the CPU instruction-set level the cpu back end runs / can run
+    use_cpu_isa               force a level inside a `with` block (tests, benchmarks)
 """
 from . import reference
+from ._cpu_isa import cpu_isa, cpu_isa_levels, use_cpu_isa
 from .functional import BackendUnavailableError, available_backends, lambda_op, select_backend
 from .layer import LambdaLayer, LambdaLayer1d, λLayer
 
@@ -24,5 +27,8 @@ __all__ = [
     "available_backends",
     "BackendUnavailableError",
     "reference",
+    "cpu_isa",
+    "cpu_isa_levels",
+    "use_cpu_isa",
     "__version__",
 ]

@@ -41,9 +41,10 @@ def set_cuda_home_from_nvcc() -> None:
             return
 
 
-def cuda_wanted() -> tuple[bool, str]:
-    """(build CUDA?, why) from LAMBDA_KERNELS_WITH_CUDA and what is installed, never the GPU."""
-    knob = os.environ.get("LAMBDA_KERNELS_WITH_CUDA", "auto").lower()
+def cuda_wanted(default: str = "auto") -> tuple[bool, str]:
+    """(build CUDA?, why) from LAMBDA_KERNELS_WITH_CUDA (1 / 0 / auto; `default` when unset)
+    and what is installed, never the GPU. The one place the knob is read."""
+    knob = os.environ.get("LAMBDA_KERNELS_WITH_CUDA", default).lower()
     if knob in ("0", "no", "false", "off"):
         return False, "LAMBDA_KERNELS_WITH_CUDA=0"
     import torch

@@ -32,7 +32,8 @@ def _jit_build() -> None:
 
     if not os.path.isdir(os.path.join(_PACKAGE_ROOT, "csrc")):
         raise RuntimeError("sources (csrc/) are not shipped with this install; reinstall from source")
-    with_cuda = os.environ.get("LAMBDA_KERNELS_WITH_CUDA", "0") == "1"
+    # A JIT build compiles CUDA only when asked (LAMBDA_KERNELS_WITH_CUDA=1): nvcc takes minutes.
+    with_cuda, _ = _build_config.cuda_wanted(default="0")
     sources = _build_config.sources(_PACKAGE_ROOT, with_cuda)
     digest = hashlib.sha1()
     for path in sources + sorted(
@@ -80,9 +81,9 @@ def load() -> str | None:
         if reason is None and not _ops_registered():
             reason = "extension loaded but registered no lambda_kernels ops"
         if reason is None:
-            from . import _meta
+            from . import _op_registrations
 
-            _meta.register_fake_impls()
+            _op_registrations.register_fake_impls()
         _state["reason"] = reason
         return reason
 

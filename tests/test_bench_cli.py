@@ -153,17 +153,23 @@ def test_cpu_memory_subprocess(monkeypatch):
     assert res["variant"] == torch.backends.cpu.get_cpu_capability().lower()
 
 
-def test_cpu_isa_is_refused_once_the_kernels_are_loaded(monkeypatch):
-    reason = lambda_kernels.available_backends("cpu")["cpu"]  # probing loads the kernels
-    monkeypatch.setenv(cli.ENV_CPU_ISA, "one")
-    cli.apply_cpu_isa("one")                        # unchanged: fine
-    if reason is None:
-        with pytest.raises(SystemExit, match="already loaded in this process"):
-            cli.apply_cpu_isa("another")
-        assert os.environ[cli.ENV_CPU_ISA] == "one"
-    else:                                           # no kernels loaded: the variable is set
-        cli.apply_cpu_isa("another")
-        assert os.environ[cli.ENV_CPU_ISA] == "another"
+def test_cpu_isa_switches_the_running_level_and_refuses_one_this_cpu_lacks(monkeypatch):
+    from lambda_kernels._cpu_isa import set_cpu_isa
+
+    if lambda_kernels.available_backends("cpu")["cpu"] is not None:
+        pytest.skip("cpu back end unavailable")
+    monkeypatch.delenv(cli.ENV_CPU_ISA, raising=False)
+    levels = lambda_kernels.cpu_isa_levels()
+    before = lambda_kernels.cpu_isa()
+    try:
+        cli.apply_cpu_isa("baseline" if "baseline" in levels else "neon")
+        assert lambda_kernels.cpu_isa() == os.environ[cli.ENV_CPU_ISA]
+        unsupported = [level for level, reason in levels.items() if reason is not None]
+        for level in unsupported + ["no-such-level"]:
+            with pytest.raises(SystemExit, match=f"--cpu-isa {level}: "):
+                cli.apply_cpu_isa(level)
+    finally:
+        set_cpu_isa(before)  # restore the level of this process
 
 
 def test_flop_formulas_and_helpers():

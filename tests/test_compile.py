@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lambda_kernels
-from helpers import make_inputs
+from harness import make_inputs
 from lambda_kernels import LambdaLayer, LambdaLayer1d, lambda_op
 from lambda_kernels.functional import ENV_BACKEND
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lambda_kernels
-from helpers import make_inputs
+from harness import make_inputs
 from lambda_kernels import BackendUnavailableError, backends, lambda_op, select_backend
 from lambda_kernels.functional import ENV_BACKEND
 
@@ -106,7 +106,7 @@ def test_missing_extension_is_jit_built_on_first_use(tmp_path):
         import sys
         sys.modules["lambda_kernels._C"] = None
         import torch, lambda_kernels, lambda_kernels._ext
-        from helpers import make_inputs
+        from harness import make_inputs
         print("REASON", lambda_kernels._ext.load())
         inputs = make_inputs(dtype=torch.float64)
         keys, values = inputs[1], inputs[2]

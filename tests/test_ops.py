@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from helpers import make_inputs
+from harness import make_inputs
 from lambda_kernels import _ext
-from lambda_kernels._meta import OP_NAMES
+from lambda_kernels._op_registrations import OP_NAMES
 
 pytestmark = pytest.mark.skipif(_ext.load() is not None, reason=f"extension: {_ext.load()}")
 

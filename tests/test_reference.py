@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import make_inputs
+from harness import make_inputs
 from lambda_kernels import reference
 
 SHAPES = [

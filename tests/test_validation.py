@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from helpers import make_inputs
+from harness import make_inputs
 from lambda_kernels import LambdaLayer, lambda_op
 
 

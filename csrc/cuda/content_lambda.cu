@@ -15,7 +15,7 @@
 // fixed position chunks) combined in a fixed order; no atomics.
 #include <torch/library.h>
 
-#include "common.cuh"
+#include "launch_helpers.cuh"
 #include "content_lambda_kernels.cuh"
 
 namespace lambda_kernels {

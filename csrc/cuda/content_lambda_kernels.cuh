@@ -1,7 +1,7 @@
 // Device kernels of the content lambda (math: see content_lambda.cu, which launches them).
 #pragma once
 
-#include "device_common.cuh"
+#include "block_reductions.cuh"
 
 namespace lambda_kernels {
 namespace cuda {

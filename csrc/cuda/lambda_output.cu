@@ -27,7 +27,7 @@
 // second kernel adds the partials in a fixed order. No atomics anywhere.
 #include <torch/library.h>
 
-#include "common.cuh"
+#include "launch_helpers.cuh"
 #include "lambda_output_kernels.cuh"
 
 namespace lambda_kernels {

@@ -2,7 +2,7 @@
 // lambda_output.cu, which launches them).
 #pragma once
 
-#include "device_common.cuh"
+#include "block_reductions.cuh"
 
 namespace lambda_kernels {
 namespace cuda {

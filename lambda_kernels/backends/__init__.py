@@ -46,7 +46,7 @@ class Backend:
 
 _REGISTRY: dict[str, Backend] = {}
 # Modules that register the built-in back ends, imported lazily on first registry access.
-_BUILTIN = ("reference", "cpp", "triton")
+_BUILTIN = ("reference", "cpu", "cuda", "triton")
 _loaded = False
 
 

@@ -171,15 +171,16 @@ def make_cases(args, device: torch.device) -> tuple[S.Preset, list[S.Case]]:
 
 
 def apply_cpu_isa(name: Optional[str]) -> None:
-    """Set LAMBDA_KERNELS_CPU_ISA for this process and its memory subprocesses. The kernels
-    read it when the extension loads, so it must come first."""
+    """Run the cpu back end at instruction-set level `name` in this process, and set
+    LAMBDA_KERNELS_CPU_ISA for the memory subprocesses; a level this CPU lacks stops the run
+    with the reason."""
     if not name:
         return
-    from .. import _ext
-    if _ext._ops_registered() and os.environ.get(ENV_CPU_ISA) != name:
-        raise SystemExit(f"lambda-bench: --cpu-isa {name}: the kernels are already loaded in "
-                         f"this process with {ENV_CPU_ISA}={os.environ.get(ENV_CPU_ISA)!r}; run "
-                         f"lambda-bench in a fresh process")
+    from .._cpu_isa import set_cpu_isa
+    try:
+        set_cpu_isa(name)
+    except (ValueError, RuntimeError) as error:
+        raise SystemExit(f"lambda-bench: --cpu-isa {name}: {error}") from None
     os.environ[ENV_CPU_ISA] = name
 
 

@@ -11,7 +11,7 @@ imported before TRITON_INTERPRET=1 was set) or is None.
 from __future__ import annotations
 
 from . import ops
-from ._common import INTERPRETED, INTERPRETER_BROKEN
+from ._tiles import INTERPRETED, INTERPRETER_BROKEN
 from .ops import NAMESPACE
 
 __all__ = ["INTERPRETED", "INTERPRETER_BROKEN", "NAMESPACE", "ops"]

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._common import unwrap_kernel
+from ._tiles import unwrap_kernel
 
 # "Useful" work of the positional part in the logit form: per (query, in-image offset, u),
 # h·(k + v) multiply-adds, for each of the four positional kernels.

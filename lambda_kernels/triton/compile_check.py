@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ._common import unwrap_kernel
+from ._tiles import unwrap_kernel
 
 # (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols): the GPU headline of
 # the benchmarks (lambda-bench --preset gpu-headline) and the LambdaResNet stage shapes.

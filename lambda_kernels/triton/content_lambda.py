@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (Launch, block_range, channel_block, dot_precision, load_tile,
+from ._tiles import (Launch, block_range, channel_block, dot_precision, load_tile,
                       position_block, position_block_for, prune_to_default, run_launches)
 
 

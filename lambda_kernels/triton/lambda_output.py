@@ -71,7 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (DOT_MIN, Launch, block_range, channel_block, choose_configs, dot_precision,
+from ._tiles import (DOT_MIN, Launch, block_range, channel_block, choose_configs, dot_precision,
                       load_tile, offset_range, position_block_for, pow2, run_launches,
                       tile_footprint)
 

@@ -12,15 +12,15 @@ Compiled kernels: torch.library.triton_op with every launch through wrap_triton,
 sees (and can optimise around) the kernels; the fake implementation is the traced body itself.
 Under the Triton interpreter (TRITON_INTERPRET=1), wrap_triton cannot trace interpreted kernels,
 so the same bodies are registered as opaque torch.library.custom_op's with the fake
-implementations of lambda_kernels._meta: torch.compile still works, treating them as black boxes.
+implementations of lambda_kernels._op_registrations: torch.compile still works, treating them as black boxes.
 """
 from __future__ import annotations
 
 import torch
 from torch.library import triton_op, wrap_triton
 
-from .. import _meta
-from ._common import INTERPRETED
+from .. import _op_registrations
+from ._tiles import INTERPRETED
 from . import content_lambda as _content
 from . import lambda_output as _output
 
@@ -32,7 +32,7 @@ def _register(fn):
     if not INTERPRETED:
         return triton_op(name, mutates_args=())(fn)
     op = torch.library.custom_op(name, mutates_args=())(fn)
-    op.register_fake(getattr(_meta, fn.__name__))
+    op.register_fake(getattr(_op_registrations, fn.__name__))
     return op
 
 
@@ -60,4 +60,4 @@ def lambda_output_backward(dy: torch.Tensor, q: torch.Tensor, values: torch.Tens
     return _output.lambda_output_backward(dy, q, values, pos_table, lam, launch=wrap_triton)
 
 
-_meta.register_autograd(NAMESPACE)
+_op_registrations.register_autograd(NAMESPACE)

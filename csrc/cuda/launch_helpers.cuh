@@ -1,6 +1,6 @@
 // Host helpers shared by the CUDA launchers of the lambda ops (csrc/cuda/*.cu): launch geometry
 // (1-D grids, flattened block counts computed in int64 and checked against the CUDA limit before
-// each launch) and the launcher of the deterministic Gram reduction of device_common.cuh.
+// each launch) and the launcher of the deterministic Gram reduction of block_reductions.cuh.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,7 +15,7 @@
 #include <limits>
 
 #include "../checks.h"
-#include "device_common.cuh"
+#include "block_reductions.cuh"
 
 namespace lambda_kernels {
 namespace cuda {

@@ -1,0 +1,64 @@
+"""The CPU instruction-set level the `cpu` back end runs.
+
+The CPU kernels are compiled once per level — x86-64: `avx512` (AVX-512 F/BW/VL/DQ + FMA),
+`avx2` (AVX2 + FMA), `baseline` (SSE2); aarch64: `neon` — into one extension, and the best
+level this CPU supports is chosen on first use. LAMBDA_KERNELS_CPU_ISA=<level> (read then)
+forces a level; use_cpu_isa() switches in-process (tests, benchmarks). A level the CPU lacks is
+refused with the missing features named.
+
+    lambda_kernels.cpu_isa()             'avx2'
+    lambda_kernels.cpu_isa_levels()      {'baseline': None, 'avx2': None,
+                                          'avx512': 'this CPU lacks avx512f, ...'}
+    with lambda_kernels.use_cpu_isa("baseline"): ...
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Optional
+
+import torch
+
+from . import _ext
+
+ENV_CPU_ISA = "LAMBDA_KERNELS_CPU_ISA"
+
+
+def _ops():
+    reason = _ext.load()
+    if reason is not None:
+        raise RuntimeError(f"the CPU kernels are not available: {reason}")
+    return torch.ops.lambda_kernels
+
+
+def cpu_isa() -> str:
+    """The level the CPU kernels use now (raises if LAMBDA_KERNELS_CPU_ISA names a bad one)."""
+    return _ops().cpu_isa()
+
+
+def cpu_isa_levels() -> dict[str, Optional[str]]:
+    """Every level compiled into the extension, lowest first: None if this CPU runs it, else
+    why not."""
+    ops = _ops()
+    return {level: (ops.cpu_isa_unsupported(level) or None) for level in ops.cpu_isa_levels()}
+
+
+def set_cpu_isa(level: str) -> str:
+    """Make `level` the active one; returns the previous. ValueError if it is unknown or this
+    CPU lacks it."""
+    levels = cpu_isa_levels()
+    if level not in levels:
+        raise ValueError(f"level must be one of {list(levels)} (compiled for this "
+                         f"architecture), got {level!r}")
+    if levels[level] is not None:
+        raise ValueError(f"cannot use the {level!r} CPU kernels: {levels[level]}")
+    return _ops().set_cpu_isa(level)
+
+
+@contextlib.contextmanager
+def use_cpu_isa(level: str) -> Iterator[str]:
+    """Run the CPU kernels at `level` inside the block, then restore the previous level."""
+    previous = set_cpu_isa(level)
+    try:
+        yield level
+    finally:
+        _ops().set_cpu_isa(previous)

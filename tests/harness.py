@@ -1,0 +1,268 @@
+"""One tester for every back end: the back ends under test, one table of shapes, one tolerance
+rule, and the opcheck samples, shared by tests/test_backends.py, the property tests and the
+back-end-specific test files.
+
+Back ends under test (`TARGETS`): the reference, the fused `cpu` back end at every CPU
+instruction-set level compiled into the extension (a level this CPU lacks is skipped with the
+missing features named), `triton` (CUDA tensors on a GPU; CPU tensors under the Triton
+interpreter, fp32/fp16) and `cuda` (GPU). Adding a back end means adding one Target below.
+
+Tolerance rule (flash-attention's): the back end's largest error against the float64 reference
+is at most twice the error of the reference itself computed in the test dtype, plus a small
+floor relative to the output's scale:
+    max|got − ref64| ≤ 2 · max|ref_dtype − ref64| + FLOOR[dtype] · max(1, max|ref64|)
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+import lambda_kernels
+from lambda_kernels import backends
+from lambda_kernels.reference import lambda_reference
+
+FLOOR = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One input shape of the op; `note` says which border it covers."""
+    batch: int
+    heads: int
+    dim_k: int
+    dim_u: int
+    dim_v: int
+    height: int
+    width: int
+    rh: int
+    rw: int
+    bias: bool
+    note: str
+
+    @property
+    def id(self) -> str:
+        return (f"b{self.batch}h{self.heads}k{self.dim_k}u{self.dim_u}v{self.dim_v}_"
+                f"{self.height}x{self.width}_r{self.rh}x{self.rw}" + ("_bias" if self.bias else ""))
+
+    def inputs(self, dtype, device="cpu", requires_grad=False, seed=0):
+        return make_inputs(batch=self.batch, heads=self.heads, dim_k=self.dim_k,
+                           dim_u=self.dim_u, dim_v=self.dim_v, height=self.height,
+                           width=self.width, rh=self.rh, rw=self.rw, bias=self.bias, dtype=dtype,
+                           device=device, requires_grad=requires_grad, seed=seed)
+
+    def output_shape(self):
+        return (self.batch, self.heads, self.dim_v, self.height, self.width)
+
+    @property
+    def logit_association(self) -> bool:
+        """Whether the CPU kernels form logits (not λp) in the forward for this shape."""
+        return self.heads * (self.dim_k + self.dim_v) <= self.dim_k * self.dim_v
+
+
+# Small enough for the Triton interpreter; k and v avoid multiples of any vector width; both
+# associations of the CPU kernels (logits, λp) occur.
+SHAPES = [
+    Shape(2, 2, 3, 2, 5, 5, 7, 3, 5, True, "rectangular map and table"),
+    Shape(2, 3, 5, 3, 3, 1, 9, 3, 7, False, "H = 1"),
+    Shape(1, 2, 4, 1, 2, 7, 1, 5, 3, True, "W = 1"),
+    Shape(1, 1, 2, 1, 3, 1, 1, 1, 1, True, "1x1 image, 1x1 table, one head"),
+    Shape(1, 4, 16, 4, 8, 6, 7, 23, 23, True, "table larger than the image, u = 4 (logits)"),
+    Shape(1, 2, 5, 1, 17, 6, 5, 11, 9, False, "v = 17 (logits)"),
+    Shape(2, 4, 8, 1, 8, 6, 6, 11, 11, False, "global context (2n-1)² table"),
+    Shape(1, 3, 6, 2, 4, 5, 9, 9, 17, False, "global context, rectangular"),
+    Shape(1, 1, 9, 3, 33, 3, 13, 1, 1, True, "1x1 table, k and v above a register tile"),
+    Shape(2, 2, 2, 4, 6, 6, 6, 13, 3, True, "u = 4, tall table"),
+    Shape(1, 4, 3, 2, 1, 3, 19, 7, 41, False, "v = 1, table wider than the image"),
+    Shape(1, 8, 4, 2, 6, 4, 6, 5, 5, True, "8 heads (λp association)"),
+    Shape(1, 4, 16, 1, 20, 5, 17, 7, 9, True, "row longer than two vectors (logits)"),
+    Shape(1, 1, 3, 1, 3, 2, 37, 3, 11, True, "row of 37: several GPU position tiles, partial last"),
+    Shape(1, 17, 2, 1, 2, 2, 3, 3, 3, False, "17 heads: more than one GPU head tile"),
+    Shape(1, 2, 20, 1, 6, 4, 9, 1, 5, True, "k = 20 (several GPU k tiles), one-row table"),
+]
+assert any(s.logit_association for s in SHAPES) and not all(s.logit_association for s in SHAPES)
+# For slow targets (the Triton interpreter) dtypes after the first run on these cheap shapes only.
+QUICK_SHAPES = [s for s in SHAPES if s.batch * s.height * s.width * s.rh * s.rw <= 800]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A back end under test: where it runs, in which dtypes, at which CPU level."""
+    id: str
+    backend: str
+    device: str
+    dtypes: tuple
+    cpu_isa: Optional[str] = None
+    # an interpreter: second dtypes on QUICK_SHAPES only, one opcheck sample
+    slow: bool = False
+    # why it cannot run here, or None
+    unavailable: Callable[[], Optional[str]] = lambda: None
+
+    def skip_reason(self) -> Optional[str]:
+        return self.unavailable()
+
+    def activate(self):
+        """Context in which the back end runs as this target (its CPU level)."""
+        return lambda_kernels.use_cpu_isa(self.cpu_isa) if self.cpu_isa else \
+            contextlib.nullcontext()
+
+    def run(self, q, keys, values, pos_table, bias=None):
+        with self.activate():
+            return lambda_kernels.lambda_op(q, keys, values, pos_table, bias,
+                                            backend=self.backend)
+
+    @property
+    def fused(self) -> bool:
+        return backends.get(self.backend).ops is not None
+
+    def ops(self):
+        return backends.get(self.backend).ops()
+
+
+def _backend_reason(name: str, device: str, dtype=torch.float32) -> Optional[str]:
+    return lambda_kernels.available_backends(device, dtype)[name]
+
+
+def _cpu_level_reason(level: str) -> Optional[str]:
+    reason = _backend_reason("cpu", "cpu")
+    if reason is not None:
+        return reason
+    return lambda_kernels.cpu_isa_levels().get(level, f"{level} not compiled in")
+
+
+def _compiled_cpu_levels() -> list[str]:
+    if _backend_reason("cpu", "cpu") is not None:
+        return ["(none)"]
+    return list(lambda_kernels.cpu_isa_levels())
+
+
+def _triton_target() -> Target:
+    from lambda_kernels.backends.triton import interpreter_active
+    if torch.cuda.is_available() and not interpreter_active():
+        return Target("triton", "triton", "cuda", (torch.float32, torch.float16, torch.bfloat16),
+                      unavailable=lambda: _backend_reason("triton", "cuda"))
+    # The interpreter cannot do bf16 arithmetic.
+    return Target("triton-interpreter", "triton", "cpu", (torch.float32, torch.float16),
+                  slow=True, unavailable=lambda: _backend_reason("triton", "cpu"))
+
+
+def _targets() -> list[Target]:
+    targets = [Target("reference", "reference", "cpu", (torch.float64, torch.float32))]
+    for level in _compiled_cpu_levels():
+        targets.append(Target(f"cpu-{level}", "cpu", "cpu", ALL_DTYPES, cpu_isa=level,
+                              unavailable=functools.partial(_cpu_level_reason, level)))
+    targets.append(_triton_target())
+    targets.append(Target("cuda", "cuda", "cuda", ALL_DTYPES,
+                          unavailable=lambda: _backend_reason("cuda", "cuda")))
+    return targets
+
+
+TARGETS = _targets()
+
+
+def target(target_id: str) -> Target:
+    """The target called `target_id` (e.g. "triton", "triton-interpreter", "cpu-avx2")."""
+    for t in TARGETS:
+        if t.id == target_id:
+            return t
+    # A target of another machine (e.g. "triton" without a GPU): it reports why it cannot run.
+    return Target(target_id, target_id.split("-")[0], "cuda", (), unavailable=lambda: (
+        f"{target_id} is not a back end under test on this machine"))
+
+
+def target_dtype_shape_params():
+    """(target, dtype, shape) triples for pytest.mark.parametrize, with readable ids: every
+    shape in every dtype of every target (a slow target's later dtypes on QUICK_SHAPES)."""
+    import pytest
+    return [pytest.param(t, d, s, id=f"{t.id}-{str(d).replace('torch.', '')}-{s.id}")
+            for t in TARGETS for i, d in enumerate(t.dtypes)
+            for s in (QUICK_SHAPES if t.slow and i else SHAPES)]
+
+
+# ------------------------------------------------------------------------------ inputs
+def make_inputs(batch=2, heads=2, dim_k=3, dim_u=2, dim_v=4, height=5, width=4, rh=3, rw=3,
+                bias=True, dtype=torch.float64, device="cpu", requires_grad=False, seed=None):
+    """(q, keys, values, pos_table, bias) with the layouts of lambda_op."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def rand(*shape, scale=1.0):
+        t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
+        return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+
+    q = rand(batch, heads, dim_k, height, width)
+    keys = rand(batch, dim_u, dim_k, height, width)
+    values = rand(batch, dim_u, dim_v, height, width)
+    pos_table = rand(rh, rw, dim_k, dim_u, scale=0.5)
+    b = rand(dim_k) if bias else None
+    return q, keys, values, pos_table, b
+
+
+# ------------------------------------------------------------------------------ comparison
+def outputs_and_grads(fn, inputs, dy):
+    """[y, then the gradient of every non-None input] of y = fn(*inputs) for output grad dy."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy)
+    return [y.detach()] + list(grads)
+
+
+GRAD_NAMES = ["y", "d_q", "d_keys", "d_values", "d_pos_table", "d_bias"]
+
+
+def assert_close_rule(name, got, ref64, ref_dtype, dtype):
+    got, ref64, ref_dtype = got.double(), ref64.double(), ref_dtype.double()
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    scale = max(1.0, ref64.abs().max().item())
+    err = (got - ref64).abs().max().item() if got.numel() else 0.0
+    ref_err = (ref_dtype - ref64).abs().max().item() if got.numel() else 0.0
+    bound = 2 * ref_err + FLOOR[dtype] * scale
+    assert err <= bound, (f"{name} ({dtype}): max error {err:.3e} > bound {bound:.3e} "
+                          f"(reference in this dtype: {ref_err:.3e})")
+
+
+def _output_grad(shape_of_y, device, seed=1):
+    return torch.randn(shape_of_y, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64).to(device)
+
+
+def check_against_reference(target: Target, inputs, dtype, seed=1):
+    """Output and every gradient of `target` on `inputs` (already in dtype, on its device)
+    against the float64 reference, by the tolerance rule."""
+    q, values = inputs[0], inputs[2]
+    y_shape = (q.shape[0], q.shape[1], values.shape[2], q.shape[3], q.shape[4])
+    dy = _output_grad(y_shape, q.device, seed)
+    got = outputs_and_grads(target.run, inputs, dy.to(dtype))
+    ref64 = outputs_and_grads(lambda_reference, [None if t is None else t.double()
+                                                 for t in inputs], dy)
+    ref_dtype = outputs_and_grads(lambda_reference, inputs, dy.to(dtype))
+    for name, g, r64, rd in zip(GRAD_NAMES, got, ref64, ref_dtype):
+        assert g.dtype == dtype, f"{name}: dtype {g.dtype}, expected {dtype}"
+        if name != "y":  # gradients leave the op dense (ARCHITECTURE.md, BatchNorm pitfall)
+            assert g.is_contiguous(), f"{name}: not contiguous (strides {g.stride()})"
+        assert_close_rule(name, g, r64, rd, dtype)
+
+
+# ------------------------------------------------------------------------------ opcheck
+@functools.lru_cache(maxsize=None)
+def opcheck_samples(device: str, dtype: torch.dtype, few: bool = False):
+    """{op name: [args, ...]}: inputs of the four ops over a few border shapes (one if `few`),
+    built once."""
+    samples = {"content_lambda": [], "content_lambda_backward": [], "lambda_output": [],
+               "lambda_output_backward": []}
+    for shape in (SHAPES[0],) if few else (SHAPES[0], SHAPES[1], SHAPES[4], SHAPES[11]):
+        q, keys, values, pos_table, _ = shape.inputs(dtype, device, seed=3)
+        lam = torch.randn(shape.batch, shape.dim_k, shape.dim_v, dtype=torch.float64).to(
+            device=device, dtype=dtype)
+        stats = keys.flatten(3).double().logsumexp(-1).to(
+            torch.float64 if dtype == torch.float64 else torch.float32)
+        dy = _output_grad(shape.output_shape(), device).to(dtype)
+        samples["content_lambda"].append((keys, values))
+        samples["content_lambda_backward"].append((torch.randn_like(lam), keys, values, stats))
+        samples["lambda_output"].append((q, values, pos_table, lam))
+        samples["lambda_output_backward"].append((dy, q, values, pos_table, lam))
+    return samples

@@ -1,0 +1,132 @@
+"""The CPU kernels' instruction-set dispatch: levels compiled in and detected, forcing a level by
+LAMBDA_KERNELS_CPU_ISA (read on first use: checked in fresh processes) or use_cpu_isa, clear
+errors for unknown or unsupported levels, the level reported by the layer, and the static checks
+of the compiled kernels (register tiles without spills, wide registers only in their level).
+Values on every level: tests/test_backends.py (one target per level)."""
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lambda_kernels
+from lambda_kernels import LambdaLayer
+from lambda_kernels._cpu_isa import set_cpu_isa
+
+_REASON = lambda_kernels.available_backends("cpu").get("cpu")
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"cpu back end unavailable: {_REASON}")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_levels_for_this_architecture_lowest_first():
+    levels = lambda_kernels.cpu_isa_levels()
+    if X86:
+        assert list(levels) == ["baseline", "avx2", "avx512"]
+        assert levels["baseline"] is None  # every x86-64 CPU has SSE2
+    else:
+        assert list(levels) == ["neon"] and levels["neon"] is None
+
+
+@pytest.mark.skipif(not X86 or not os.path.exists("/proc/cpuinfo"), reason="reads x86 cpu flags")
+def test_detected_support_agrees_with_the_kernel_cpu_flags():
+    flags = _cpu_flags()
+    levels = lambda_kernels.cpu_isa_levels()
+    has_avx2 = {"avx2", "fma"} <= flags
+    has_avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags
+    assert (levels["avx2"] is None) == has_avx2
+    assert (levels["avx512"] is None) == has_avx512
+    if not has_avx512:
+        assert "avx512f" in levels["avx512"] or "avx512" in levels["avx512"]
+    best = "avx512" if has_avx512 else "avx2" if has_avx2 else "baseline"
+    if os.environ.get("LAMBDA_KERNELS_CPU_ISA") is None:
+        assert lambda_kernels.cpu_isa() == best
+
+
+def test_use_cpu_isa_switches_and_restores():
+    before = lambda_kernels.cpu_isa()
+    runnable = [lv for lv, why in lambda_kernels.cpu_isa_levels().items() if why is None]
+    for level in runnable:
+        with lambda_kernels.use_cpu_isa(level):
+            assert lambda_kernels.cpu_isa() == level
+            layer = LambdaLayer(8, dim_k=4, heads=2, dim_out=8, r=3, backend="cpu")
+            layer(torch.randn(1, 8, 5, 5))
+            assert layer.last_backend == "cpu" and layer.last_backend_variant == level
+        assert lambda_kernels.cpu_isa() == before
+
+
+def test_unknown_and_unsupported_levels_are_refused():
+    before = lambda_kernels.cpu_isa()
+    with pytest.raises(ValueError, match=r"level must be one of .*'sse9'"):
+        set_cpu_isa("sse9")
+    for level, why in lambda_kernels.cpu_isa_levels().items():
+        if why is not None:
+            with pytest.raises(ValueError, match=f"cannot use the '{level}' CPU kernels"):
+                with lambda_kernels.use_cpu_isa(level):
+                    pass
+    assert lambda_kernels.cpu_isa() == before
+
+
+def _fresh_process(env_level: str) -> subprocess.CompletedProcess:
+    code = ("import torch, lambda_kernels as lk\n"
+            "print(lk.cpu_isa())\n"
+            "q = torch.randn(1, 2, 3, 4, 5); k = torch.randn(1, 1, 3, 4, 5)\n"
+            "v = torch.randn(1, 1, 4, 4, 5); e = torch.randn(3, 3, 3, 1)\n"
+            "lk.lambda_op(q, k, v, e, backend='cpu')\n")
+    env = dict(os.environ, LAMBDA_KERNELS_CPU_ISA=env_level)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_environment_variable_forces_a_level_in_a_fresh_process():
+    runnable = [lv for lv, why in lambda_kernels.cpu_isa_levels().items() if why is None]
+    lowest = runnable[0]
+    proc = _fresh_process(lowest)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == lowest
+
+
+def test_environment_variable_with_a_bad_level_fails_clearly():
+    proc = _fresh_process("avx1024")
+    assert proc.returncode != 0
+    assert "LAMBDA_KERNELS_CPU_ISA" in proc.stderr and "avx1024" in proc.stderr
+    reason = subprocess.run(
+        [sys.executable, "-c", "import lambda_kernels as lk; "
+         "print(lk.available_backends('cpu')['cpu'])"],
+        env=dict(os.environ, LAMBDA_KERNELS_CPU_ISA="avx1024"), capture_output=True, text=True,
+        timeout=300)
+    # the back end reports the bad knob as its reason instead of being chosen
+    assert reason.returncode == 0 and "LAMBDA_KERNELS_CPU_ISA" in reason.stdout, reason.stderr
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+def test_compiled_kernels_pass_the_disassembly_checks():
+    """scripts/check_cpu_disassembly.py on the built extension: every register tile of every
+    level keeps its accumulators in registers (no stack access in the multiply-add loop), and
+    zmm/ymm registers appear only in the avx512/avx2 kernels."""
+    from lambda_kernels import _ext
+    libraries = glob.glob(os.path.join(os.path.dirname(_ext.__file__), "_C*.so"))
+    assert libraries, "built extension not found next to lambda_kernels/_ext.py"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts",
+                                                        "check_cpu_disassembly.py"), *libraries],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "OK" in proc.stdout
