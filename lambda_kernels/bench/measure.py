@@ -150,8 +150,9 @@ def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
 def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: int,
                            repeats: int, max_time: float, peak_flops: Optional[float]) -> dict:
     """The positional kernel of a fused back end alone (op lambda_output, and its backward) on
-    the shapes of `case`: medians, useful FLOP/s (providers.flops_positional; the backward
-    counted as twice the forward) and their fraction of the run's torch.mm rate."""
+    the shapes of `case`: medians, useful FLOP/s (providers.flops_positional, forward and
+    backward; the "fwdbwd" entry times the backward op alone) and their fraction of the run's
+    torch.mm rate."""
     from .. import backends
     from .providers import flops_positional
 
@@ -168,12 +169,13 @@ def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: 
     lam, dy = rand(b, k, v), rand(b, h, v, hh, ww)
     timing = dict(warmup=warmup, repeats=repeats, max_time=max_time)
     out = {"backend": backend, "useful_flop": flops_positional(case),
+           "useful_flop_backward": flops_positional(case, backward=True),
            "fwd": summarize(time_calls(lambda: ops.lambda_output(q, values, table, lam), device,
                                        **timing)),
            "fwdbwd": summarize(time_calls(
                lambda: ops.lambda_output_backward(dy, q, values, table, lam), device, **timing))}
-    for mode, work in (("fwd", 1), ("fwdbwd", 2)):
-        rate = work * out["useful_flop"] / out[mode]["median"]
+    for mode, flop in (("fwd", out["useful_flop"]), ("fwdbwd", out["useful_flop_backward"])):
+        rate = flop / out[mode]["median"]
         out[f"flop_s_{mode}"] = rate
         out[f"frac_peak_{mode}"] = rate / peak_flops if peak_flops and peak_flops == peak_flops \
             else None

@@ -64,10 +64,16 @@ def _proj(case: Case, out_channels: int) -> int:
     return 2 * case.batch * case.tokens * case.dim * out_channels
 
 
-def flops_positional(case: Case) -> float:
-    """Useful FLOP of the positional kernel (op lambda_output): 2·B·P·h·u·(k+v)."""
-    return float(2 * case.batch * lambda_pairs(case) * case.heads * case.dim_u
-                 * (case.dim_k + case.dim_v))
+def flops_positional(case: Case, backward: bool = False) -> float:
+    """Useful FLOP of the positional kernel over the in-image (query, offset) pairs P, in the
+    cheaper association. Forward (op lambda_output): 2·B·P·u·min(h·(k+v), k·v) — logits
+    E·q then logits·values, or λp = E⊗values then λp·q. Backward (lambda_output_backward), which
+    may keep neither logits nor λp (the memory rule) and so recomputes them:
+    2·B·P·u·min(3·h·k + 2·h·v, 3·k·v) — logits, d logits = dy·values, dq, dE, d values; or
+    λp, dE and d values from dλp."""
+    h, k, v = case.heads, case.dim_k, case.dim_v
+    per_pair = min(3 * h * k + 2 * h * v, 3 * k * v) if backward else min(h * (k + v), k * v)
+    return float(2 * case.batch * lambda_pairs(case) * case.dim_u * per_pair)
 
 
 def flops_lambda(case: Case) -> float:
