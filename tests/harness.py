@@ -102,6 +102,9 @@ class Target:
     # why it cannot run here, or None
     unavailable: Callable[[], Optional[str]] = lambda: None
 
+    def __repr__(self) -> str:  # short, for pytest and hypothesis reports
+        return f"Target({self.id})"
+
     def skip_reason(self) -> Optional[str]:
         return self.unavailable()
 
@@ -213,16 +216,23 @@ def outputs_and_grads(fn, inputs, dy):
 GRAD_NAMES = ["y", "d_q", "d_keys", "d_values", "d_pos_table", "d_bias"]
 
 
+def rule_bound(ref64, ref_dtype, dtype) -> float:
+    """The tolerance rule's bound for one tensor: 2·max|ref_dtype − ref64| + FLOOR·scale."""
+    ref64, ref_dtype = ref64.double(), ref_dtype.double()
+    scale = max(1.0, ref64.abs().max().item()) if ref64.numel() else 1.0
+    ref_err = (ref_dtype - ref64).abs().max().item() if ref64.numel() else 0.0
+    return 2 * ref_err + FLOOR[dtype] * scale
+
+
 def assert_close_rule(name, got, ref64, ref_dtype, dtype):
-    got, ref64, ref_dtype = got.double(), ref64.double(), ref_dtype.double()
+    got, ref64 = got.double(), ref64.double()
     assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
     assert torch.isfinite(got).all(), f"{name}: non-finite values"
-    scale = max(1.0, ref64.abs().max().item())
     err = (got - ref64).abs().max().item() if got.numel() else 0.0
-    ref_err = (ref_dtype - ref64).abs().max().item() if got.numel() else 0.0
-    bound = 2 * ref_err + FLOOR[dtype] * scale
+    bound = rule_bound(ref64, ref_dtype, dtype)
     assert err <= bound, (f"{name} ({dtype}): max error {err:.3e} > bound {bound:.3e} "
-                          f"(reference in this dtype: {ref_err:.3e})")
+                          f"(FLOOR {FLOOR[dtype]:.0e} of the scale plus twice the reference's "
+                          "own error in this dtype)")
 
 
 def _output_grad(shape_of_y, device, seed=1):

@@ -5,7 +5,6 @@ tests/test_backends.py (the one harness for all back ends)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
