@@ -1,5 +1,6 @@
 // Schemas of the lambda ops (torch.ops.lambda_kernels.*). Implementations register per dispatch
-// key in csrc/cpu/ and csrc/cuda/; fake (meta) implementations live in lambda_kernels/_meta.py.
+// key in csrc/cpu/ and csrc/cuda/; fake (meta) implementations and the autograd formulas live in
+// lambda_kernels/_op_registrations.py.
 //
 //   content_lambda(keys, values) -> (lam_c (B,k,v), stats (B,u,k) log-sum-exp of softmax rows)
 //   content_lambda_backward(d_lam_c, keys, values, stats) -> (d_keys, d_values)

@@ -10,7 +10,8 @@
 //
 // Kernel headers hold device code only (no launches, no CUDA runtime headers), so the test suite
 // can also compile them as plain C++ with a thread-per-CUDA-thread emulation of blocks and
-// __syncthreads (tests/test_cuda_backend.py, LK_CUDA_EMULATION) and check them without a GPU.
+// __syncthreads (tests/cuda_emulation.cpp, built by tests/test_cuda_backend.py;
+// LK_CUDA_EMULATION) and check them without a GPU.
 #pragma once
 
 #include <ATen/OpMathType.h>
