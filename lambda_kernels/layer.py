@@ -64,6 +64,15 @@ class _LambdaBase(nn.Module):
         self.last_backend: Optional[str] = None
         self.last_backend_variant: Optional[str] = None
 
+    def _add_projections(self, conv: type, norm: type) -> None:
+        """The 1×1 query/key/value projections and the query/value batch norms (lambda-networks'
+        names and shapes), with the Conv/BatchNorm classes of the layer's spatial rank."""
+        self.to_q = conv(self.dim, self.dim_k * self.heads, 1, bias=False)
+        self.to_k = conv(self.dim, self.dim_k * self.u, 1, bias=False)
+        self.to_v = conv(self.dim, self.dim_v * self.u, 1, bias=False)
+        self.norm_q = norm(self.dim_k * self.heads)
+        self.norm_v = norm(self.dim_v * self.u)
+
     def extra_repr(self) -> str:
         context = f"r={self.r}" if self.local_contexts else f"n={self.n}"
         stride = f", stride={self.stride}" if self.stride != 1 else ""
@@ -123,11 +132,7 @@ class LambdaLayer(_LambdaBase):
                  backend: str = "auto"):
         super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
                          stride=stride, backend=backend)
-        self.to_q = nn.Conv2d(dim, dim_k * heads, 1, bias=False)
-        self.to_k = nn.Conv2d(dim, dim_k * dim_u, 1, bias=False)
-        self.to_v = nn.Conv2d(dim, self.dim_v * dim_u, 1, bias=False)
-        self.norm_q = nn.BatchNorm2d(dim_k * heads)
-        self.norm_v = nn.BatchNorm2d(self.dim_v * dim_u)
+        self._add_projections(nn.Conv2d, nn.BatchNorm2d)
         if self.local_contexts:
             self.pos_conv = nn.Conv3d(dim_u, dim_k, (1, r, r), padding=(0, r // 2, r // 2))
         else:
@@ -169,11 +174,7 @@ class LambdaLayer1d(_LambdaBase):
                  backend: str = "auto"):
         super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
                          stride=stride, backend=backend)
-        self.to_q = nn.Conv1d(dim, dim_k * heads, 1, bias=False)
-        self.to_k = nn.Conv1d(dim, dim_k * dim_u, 1, bias=False)
-        self.to_v = nn.Conv1d(dim, self.dim_v * dim_u, 1, bias=False)
-        self.norm_q = nn.BatchNorm1d(dim_k * heads)
-        self.norm_v = nn.BatchNorm1d(self.dim_v * dim_u)
+        self._add_projections(nn.Conv1d, nn.BatchNorm1d)
         if self.local_contexts:
             self.pos_conv = nn.Conv2d(dim_u, dim_k, (1, r), padding=(0, r // 2))
         else:
