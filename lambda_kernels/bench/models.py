@@ -30,7 +30,7 @@ from torch import nn
 from .measure import summarize, time_calls
 from .presets import DTYPES, dtype_name
 from .providers import _module_missing, torch_variant
-from .runner import Options, _free, _is_oom, _short
+from .runner import Options, _free, _is_oom, _short, unavailable_reason
 
 INSTALL_TIMM = 'pip install "lambda-kernels[timm]"'
 
@@ -207,10 +207,7 @@ def run_model(name: str, case: ModelCase, x: torch.Tensor, labels: torch.Tensor,
                                           f"{', '.join(MODEL_REGISTRY)}")
         return row
     row["stock"] = provider.stock
-    try:
-        reason = provider.unavailable(case, opts.device)
-    except Exception as exc:
-        reason = f"availability check failed: {_short(exc)}"
+    reason = unavailable_reason(provider, case, opts.device)
     if reason:
         row.update(status="skipped", reason=reason)
         return row

@@ -36,6 +36,15 @@ def _short(exc: BaseException) -> str:
     return text[:240]
 
 
+def unavailable_reason(provider, case, device) -> Optional[str]:
+    """Why `provider` (a layer or model provider) cannot run `case` on `device`, or None; a
+    failing check is itself the reason."""
+    try:
+        return provider.unavailable(case, device)
+    except Exception as exc:
+        return f"availability check failed: {_short(exc)}"
+
+
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -66,10 +75,7 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         return row
     row["display"] = prov.display_name(case)
     row["family"] = prov.family
-    try:
-        reason = prov.unavailable(case, opts.device)
-    except Exception as exc:
-        reason = f"availability check failed: {_short(exc)}"
+    reason = unavailable_reason(prov, case, opts.device)
     if reason:
         row.update(status="skipped", reason=reason)
         return row

@@ -259,28 +259,25 @@ def run(archs=(80, 90), dtypes=("bf16", "fp32"), shape="headline", all_configs=F
     """(default-configuration reports for every kernel × arch × dtype on one shape, reports of
     every configuration surviving the prune at the last arch and first dtype when all_configs)."""
     defaults, sweep = [], []
+
+    def compile_and_report(resolved, arch, dtype, into, tag):
+        jit_fn, named, constexprs, options = resolved
+        compiled = compile_one(jit_fn, named, constexprs, options, arch)
+        report = analyse(compiled, jit_fn.__name__, arch, dtype, _config_text(constexprs, options))
+        into.append(report)
+        if verbose:
+            print(f"{shape} {tag}{_line(report)}", flush=True)
+
     for arch in archs:
         for dtype in dtypes:
             for launch in launches_for(SHAPES[shape], dtype):
-                jit_fn, named, constexprs, options = resolve(launch)[0]
-                compiled = compile_one(jit_fn, named, constexprs, options, arch)
-                report = analyse(compiled, jit_fn.__name__, arch, dtype,
-                                 _config_text(constexprs, options))
-                defaults.append(report)
-                if verbose:
-                    print(f"{shape} {_line(report)}", flush=True)
+                compile_and_report(resolve(launch)[0], arch, dtype, defaults, "")
     if all_configs:
         arch, dtype = archs[-1], dtypes[0]
         for launch in launches_for(SHAPES[shape], dtype):
-            for jit_fn, named, constexprs, options in resolve(launch, all_configs=True):
-                if jit_fn.__name__ not in POSITIONAL_KERNELS:
-                    continue
-                compiled = compile_one(jit_fn, named, constexprs, options, arch)
-                report = analyse(compiled, jit_fn.__name__, arch, dtype,
-                                 _config_text(constexprs, options))
-                sweep.append(report)
-                if verbose:
-                    print(f"{shape} cfg {_line(report)}", flush=True)
+            for resolved in resolve(launch, all_configs=True):
+                if resolved[0].__name__ in POSITIONAL_KERNELS:
+                    compile_and_report(resolved, arch, dtype, sweep, "cfg ")
     return defaults, sweep
 
 
