@@ -186,8 +186,6 @@ class _DenseGradient(torch.autograd.Function):
     backward computes a wrong result for that layout. The fused back ends return contiguous
     gradients by construction."""
 
-    generate_vmap_rule = True  # torch.func.vmap
-
     @staticmethod
     def forward(x):
         return x.view_as(x)
@@ -200,13 +198,21 @@ class _DenseGradient(torch.autograd.Function):
     def backward(ctx, grad):
         return grad.contiguous()
 
+
+class _DenseGradientEager(_DenseGradient):
+    """The same in eager mode, with the jvp and vmap rule torch.func needs (torch.compile
+    traces the plain one: Dynamo does not trace autograd.Functions that define jvp)."""
+
+    generate_vmap_rule = True
+
     @staticmethod
     def jvp(ctx, tangent):
         return tangent
 
 
 def _dense_gradients(*tensors):
-    return [t if t is None or not t.requires_grad else _DenseGradient.apply(t) for t in tensors]
+    dense = _DenseGradient if torch.compiler.is_compiling() else _DenseGradientEager
+    return [t if t is None or not t.requires_grad else dense.apply(t) for t in tensors]
 
 
 def portable_graph_wanted() -> bool:
