@@ -4,7 +4,7 @@ the positional kernels, their useful TFLOP/s next to SDPA global attention over 
 and heads in the same run (the issue-11 target: the positional forward at >= 45% of SDPA's
 TFLOP/s).
 
-    python -m lambda_kernels.triton.autotune_report [--preset gpu-headline resnet]
+    python -m lambda_kernels.tools.autotune_report [--preset gpu-headline resnet]
         [--dtype bfloat16] [--markdown FILE] [--json FILE]
 
 Every configuration that survives pruning is compiled in parallel first (Triton's async compile
@@ -21,7 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._tiles import unwrap_kernel
+from ..bench.presets import DTYPES, PRESETS
+from ..triton._tiles import unwrap_kernel
+from .cases import case_shape, op_launches
 
 # "Useful" work of the positional part in the logit form: per (query, in-image offset, u),
 # h·(k + v) multiply-adds, for each of the four positional kernels.
@@ -30,48 +32,12 @@ POSITIONAL = {"lambda_output_fwd_kernel": "fwd", "lambda_output_bwd_dq_kernel": 
               "lambda_output_bwd_dtable_partial_kernel": "dE"}
 
 
-def case_shape(case) -> tuple:
-    """(B, h, k, u, v, H, W, Rh, Rw) of a lambda_kernels.bench.presets.Case."""
-    side = case.r if case.r is not None else 2 * case.n - 1
-    return (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_out // case.heads,
-            case.height, case.width, side, side)
-
-
 def in_image_taps(height, width, rh, rw) -> int:
     """Σ over positions of the table offsets that land inside the image."""
     def per_axis(extent, table):
         return sum(sum(1 for a in range(table) if 0 <= y + a - table // 2 < extent)
                    for y in range(extent))
     return per_axis(height, rh) * per_axis(width, rw)
-
-
-def _inputs(shape, dtype, device):
-    b, heads, k, u, v, hh, ww, rh, rw = shape
-    gen = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen) * scale).to(device=device, dtype=dtype)
-
-    return (rand(b, heads, k, hh, ww), rand(b, u, k, hh, ww), rand(b, u, v, hh, ww),
-            rand(rh, rw, k, u, scale=0.5), rand(b, k, v, scale=0.1))
-
-
-def launches(shape, dtype, device="cuda"):
-    """The kernel launches of the four ops (forward and backward) on random inputs."""
-    from . import content_lambda as content
-    from . import lambda_output as output
-    q, keys, values, table, lam = _inputs(shape, dtype, device)
-    b, heads, _, _, v, hh, ww = shape[:7]
-    lam_c = torch.empty_like(lam)
-    stats = torch.empty(keys.shape[:3], device=device, dtype=torch.float32)
-    y = torch.empty(b, heads, v, hh, ww, device=device, dtype=dtype)
-    dy = torch.randn_like(y)
-    items = content.content_launches(keys, values, lam_c, stats)
-    items += content.content_backward_launches(lam, keys, values, stats, torch.empty_like(keys),
-                                               torch.empty_like(values))
-    items += output.forward_launches(q, values, table, lam, y)
-    items += output.backward_launches(dy, q, values, table, lam)[0]
-    return items
 
 
 def _precompile(items) -> None:
@@ -106,7 +72,7 @@ def sdpa_tflops(shape, dtype) -> tuple[float, float]:
 def tune_case(label, shape, dtype) -> dict:
     import triton.testing
     from triton.runtime.autotuner import Autotuner
-    items = launches(shape, dtype)
+    items = op_launches(shape, dtype, "cuda")
     _precompile(items)
     b, heads, k, u, v, hh, ww, rh, rw = shape
     useful = 2 * b * heads * u * in_image_taps(hh, ww, rh, rw) * (k + v)
@@ -137,7 +103,7 @@ def tune_case(label, shape, dtype) -> dict:
 def markdown(results) -> str:
     import triton
     lines = ["# Triton autotuning on the benchmark shapes", "",
-             f"`python -m lambda_kernels.triton.autotune_report` on "
+             f"`python -m lambda_kernels.tools.autotune_report` on "
              f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton "
              f"{triton.__version__}). Useful FLOP of a positional kernel: 2·B·h·u·(k+v) per "
              "in-image (query, offset) pair (the logit form); SDPA: global attention forward "
@@ -163,7 +129,6 @@ def markdown(results) -> str:
 
 
 def main(argv=None) -> int:
-    from ..bench.presets import DTYPES, PRESETS
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["gpu-headline", "resnet"],

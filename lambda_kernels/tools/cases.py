@@ -1,0 +1,78 @@
+"""The op shapes the tools (and lambda-bench's kernel timing) run: one registry of shapes,
+lambda_kernels/bench/presets.py, seen as op shapes (B, h, k, u, v, H, W, Rh, Rw); seeded or
+meta inputs of the lambda op; and the Triton kernel launches of its four ops on them.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+
+from ..bench.presets import DTYPES, PRESETS, Case
+
+OpShape = tuple  # (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols)
+
+
+def case_shape(case: Case) -> OpShape:
+    """(B, h, k, u, v, H, W, Rh, Rw) of a benchmark case: an r×r table for local context, the
+    (2H-1)×(2W-1) table the layer passes for global context."""
+    rh, rw = (case.r, case.r) if case.r is not None else (2 * case.height - 1,
+                                                          2 * case.width - 1)
+    return (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v, case.height, case.width,
+            rh, rw)
+
+
+def named_cases() -> dict[str, Case]:
+    """The benchmark cases the compile check knows by name: the GPU headline, the LambdaResNet
+    stage shapes, and the global-context seed case."""
+    named = {"headline": PRESETS["gpu-headline"].cases[0]}
+    for case in PRESETS["resnet"].cases:
+        named[f"resnet-{case.height}-r{case.r}"] = case
+    named["global-64"] = next(c for c in PRESETS["seed"].cases if c.n is not None)
+    return named
+
+
+def named_shapes() -> dict[str, OpShape]:
+    return {name: case_shape(case) for name, case in named_cases().items()}
+
+
+def _dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    return DTYPES[dtype] if isinstance(dtype, str) else dtype
+
+
+def op_inputs(shape: OpShape, dtype, device="cpu", seed: int = 0) -> tuple:
+    """(q, keys, values, pos_table, lam) of the lambda op for `shape`: seeded random values
+    (the table and λ scaled down like trained ones), or empty tensors on the meta device."""
+    b, heads, k, u, v, hh, ww, rh, rw = shape
+    dtype = _dtype(dtype)
+    if torch.device(device).type == "meta":
+        def rand(*size, scale=1.0):
+            return torch.empty(*size, device="meta", dtype=dtype)
+    else:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+
+        def rand(*size, scale=1.0):
+            return (torch.randn(*size, generator=gen) * scale).to(device=device, dtype=dtype)
+
+    return (rand(b, heads, k, hh, ww), rand(b, u, k, hh, ww), rand(b, u, v, hh, ww),
+            rand(rh, rw, k, u, scale=0.5), rand(b, k, v, scale=0.1))
+
+
+def op_launches(shape: OpShape, dtype, device="meta") -> list:
+    """Every Triton kernel launch (lambda_kernels.triton._tiles.Launch) of the four ops,
+    forward and backward, for one shape: on meta tensors nothing runs (the compile check
+    and the memory-rule tests read the records), on a GPU the launches can be run and timed."""
+    from ..triton import content_lambda as content
+    from ..triton import lambda_output as output
+    q, keys, values, table, lam = op_inputs(shape, dtype, device)
+    b, heads, _, _, v, hh, ww = shape[:7]
+    lam_c = torch.empty_like(lam)
+    lse = torch.empty(keys.shape[:3], device=device, dtype=torch.float32)
+    y = torch.empty(b, heads, v, hh, ww, device=device, dtype=q.dtype)
+    dy = y if y.device.type == "meta" else torch.randn_like(y)
+    launches = content.content_launches(keys, values, lam_c, lse)
+    launches += content.content_backward_launches(lam, keys, values, lse, torch.empty_like(keys),
+                                                  torch.empty_like(values))
+    launches += output.forward_launches(q, values, table, lam, y)
+    launches += output.backward_launches(dy, q, values, table, lam)[0]
+    return launches
