@@ -8,6 +8,7 @@ from typing import Union
 
 import torch
 
+from ..cost import table_size
 from ..bench.presets import DTYPES, PRESETS, Case
 
 OpShape = tuple  # (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols)
@@ -16,8 +17,7 @@ OpShape = tuple  # (batch, heads, dim_k, dim_u, dim_v, height, width, table rows
 def case_shape(case: Case) -> OpShape:
     """(B, h, k, u, v, H, W, Rh, Rw) of a benchmark case: an r×r table for local context, the
     (2H-1)×(2W-1) table the layer passes for global context."""
-    rh, rw = (case.r, case.r) if case.r is not None else (2 * case.height - 1,
-                                                          2 * case.width - 1)
+    rh, rw = table_size(case.height, case.width, case.r)
     return (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v, case.height, case.width,
             rh, rw)
 
