@@ -174,7 +174,7 @@ def make_batch(case: ModelCase, device: torch.device) -> tuple[torch.Tensor, tor
 def model_steps(module: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                 case: ModelCase, device: torch.device) -> tuple[Callable, Callable]:
     """(inference, training step) callables (lambda-train's step and autocast)."""
-    from ..train import autocast, train_step
+    from ..training import autocast, train_step
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
     dtype = case.autocast_dtype
 
