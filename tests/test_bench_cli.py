@@ -345,5 +345,25 @@ def test_plotting_libraries_are_an_extra():
         project = tomllib.load(f)["project"]
     names = {re.split(r"[ ;<>=!\[]", d)[0] for d in project["dependencies"]}
     assert not names & {"rich", "matplotlib"}
-    assert {"rich", "matplotlib"} <= set(project["optional-dependencies"]["bench"])
+    assert {"rich", "matplotlib", "lambda-networks==0.4.0", "einops"} <= \
+        set(project["optional-dependencies"]["bench"])
     assert project["scripts"]["lambda-bench"] == "lambda_kernels.bench.cli:main"
+
+
+def test_reference_back_end_stands_in_for_missing_lambda_networks(monkeypatch, tmp_path):
+    """Without lambda-networks the speed-up columns compare with lambda-reference, and the
+    table says so."""
+    monkeypatch.setitem(sys.modules, "lambda_networks", None)  # import fails as if missing
+    md = tmp_path / "r.md"
+    res = cli.run_cli([*FAST, "--providers", "lambda-networks,conv3x3", "--markdown", str(md)])
+    rows = {r["provider"]: r for r in res["results"]}
+    assert res["meta"]["baseline"] == "lambda-reference"
+    assert rows["lambda-networks"]["status"] == "skipped"
+    assert rows["lambda-reference"]["speedup_fwd"] == pytest.approx(1.0)
+    assert rows["conv3x3"]["speedup_fwd"] > 0 and rows["conv3x3"]["speedup_fwdbwd"] > 0
+    note = res["meta"]["baseline_note"]
+    assert "lambda-reference" in note and 'pip install "lambda-kernels[bench]"' in note
+    assert "speedup vs lambda-reference" in md.read_text()
+    monkeypatch.delitem(sys.modules, "lambda_networks")
+    assert cli.choose_baseline(None, ["lambda-networks", "mhsa"]) == ("lambda-networks", None)
+    assert cli.choose_baseline("mhsa", ["lambda-networks", "mhsa"]) == ("mhsa", None)

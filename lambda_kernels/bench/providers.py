@@ -36,7 +36,7 @@ from ..cost import in_image_taps, positional_flops, table_size
 from .presets import Case
 
 
-def _module_missing(name: str) -> Optional[str]:
+def module_missing(name: str) -> Optional[str]:
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -255,7 +255,7 @@ class LambdaNetworks(Provider):
     optional = True
 
     def unavailable(self, case, device):
-        missing = _module_missing("lambda_networks")
+        missing = module_missing("lambda_networks")
         if missing:
             return missing
         if case.n is not None and (case.height != case.n or case.width != case.n):
@@ -281,7 +281,7 @@ class TimmLambda(Provider):
     optional = True
 
     def unavailable(self, case, device):
-        missing = _module_missing("timm")
+        missing = module_missing("timm")
         if missing:
             return missing
         if case.dim != case.dim_out:
@@ -382,7 +382,7 @@ class Natten(Provider):
     optional = True
 
     def unavailable(self, case, device):
-        missing = _module_missing("natten")
+        missing = module_missing("natten")
         if missing:
             return missing
         if case.dim % case.heads:
