@@ -3,8 +3,10 @@ kernels) never loads the tools on top of it (lambda-bench, the training program,
 compile check and autotune report), and the benchmark package loads its CLI only on demand."""
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,3 +33,11 @@ def test_case_registry_loads_without_the_cli():
     loaded = _loaded_after("from lambda_kernels.bench.presets import PRESETS\n"
                            "import lambda_kernels.tools.cases")
     assert "lambda_kernels.bench.cli" not in loaded and "lambda_kernels.bench.runner" not in loaded
+
+
+def test_pybind11_is_a_build_requirement_only():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)
+    runtime = {re.split(r"[ ;<>=!\[]", d)[0] for d in project["project"]["dependencies"]}
+    assert "pybind11" not in runtime and "torch" in runtime
+    assert "pybind11" in project["build-system"]["requires"]
