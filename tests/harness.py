@@ -252,7 +252,7 @@ def check_against_reference(target: Target, inputs, dtype, seed=1):
     ref_dtype = outputs_and_grads(lambda_reference, inputs, dy.to(dtype))
     for name, g, r64, rd in zip(GRAD_NAMES, got, ref64, ref_dtype):
         assert g.dtype == dtype, f"{name}: dtype {g.dtype}, expected {dtype}"
-        if name != "y":  # gradients leave the op dense (ARCHITECTURE.md, BatchNorm pitfall)
+        if name != "y":  # gradients leave the op dense (docs/design.md, PyTorch pitfalls)
             assert g.is_contiguous(), f"{name}: not contiguous (strides {g.stride()})"
         assert_close_rule(name, g, r64, rd, dtype)
 

@@ -3,7 +3,7 @@ whole LambdaResNets (`lambda-bench train`).
 
     lambda-bench                                  # quick preset on CUDA if present, else CPU
     lambda-bench --preset seed --json out.json --csv results.csv
-    lambda-bench --preset targets                 # issue-9 CPU targets, pass/fail table
+    lambda-bench --preset targets                 # the CPU targets, pass/fail table
     lambda-bench --preset resnet --providers lambda-cpu,lambda-networks,conv3x3
     lambda-bench --sweep size --plot size.png     # time and memory vs image size
     lambda-bench --sweep r --sweep-values 3,7,15,23 --plot r.png
@@ -28,6 +28,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .._cpu_isa import ENV_CPU_ISA
 from . import models as M
 from . import presets as S
 from . import providers as P
@@ -38,8 +39,6 @@ from .report import (INSTALL_BENCH, MODEL_COLUMNS, PlainConsole, append_csv, env
                      plot_models, rate_text, render_tables, render_targets, write_json,
                      write_markdown)
 from .runner import Options, add_ratios, run_all
-
-ENV_CPU_ISA = "LAMBDA_KERNELS_CPU_ISA"
 
 
 def _int_list(text: str) -> list[int]:

@@ -18,6 +18,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .._cpu_isa import ENV_CPU_ISA
+
 INSTALL_BENCH = 'pip install "lambda-kernels[bench]"'
 
 
@@ -267,7 +269,7 @@ def environment(device: torch.device, device_name: str, peak: dict) -> dict:
         "lambda_kernels": lk_version, "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_isa": os.environ.get("LAMBDA_KERNELS_CPU_ISA") or None,
+        "cpu_isa": os.environ.get(ENV_CPU_ISA) or None,
         "matmul_flop_s": peak.get("flops_per_s"), "matmul": peak,
     }
 

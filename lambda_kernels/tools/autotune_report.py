@@ -1,7 +1,7 @@
 """Run the Triton autotuner on a GPU over benchmark shapes and report what it chose: for every
 kernel of the lambda op, the configurations it timed, the winner, the winner's time and, for
 the positional kernels, their useful TFLOP/s next to SDPA global attention over the same tokens
-and heads in the same run (the issue-11 target: the positional forward at >= 45% of SDPA's
+and heads in the same run (the GPU target: the positional forward at >= 45% of SDPA's
 TFLOP/s).
 
     python -m lambda_kernels.tools.autotune_report [--preset gpu-headline resnet]
