@@ -1,6 +1,7 @@
 """The package's layers point down only: the library (module, functional op, back ends,
 kernels) never loads the tools on top of it (lambda-bench, the training program, the Triton
-compile check and autotune report), and the benchmark package loads its CLI only on demand."""
+compile check and autotune report), the benchmark package loads its CLI only on demand and no
+developer tool, and pybind11 is needed to build, not to run."""
 import json
 import os
 import re
@@ -29,10 +30,12 @@ def test_library_and_kernels_load_no_tools():
     assert "lambda_kernels.reference" in loaded
 
 
-def test_case_registry_loads_without_the_cli():
+def test_case_registry_loads_without_the_cli_and_bench_loads_no_tools():
     loaded = _loaded_after("from lambda_kernels.bench.presets import PRESETS\n"
-                           "import lambda_kernels.tools.cases")
+                           "import lambda_kernels.bench.op_shapes")
     assert "lambda_kernels.bench.cli" not in loaded and "lambda_kernels.bench.runner" not in loaded
+    loaded = _loaded_after("import lambda_kernels.bench.cli, lambda_kernels.bench.measure")
+    assert not {m for m in loaded if m.startswith("lambda_kernels.tools")}
 
 
 def test_pybind11_is_a_build_requirement_only():

@@ -158,7 +158,7 @@ def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):
 def _scratch_bytes(shape) -> int:
     """Bytes the launch records of forward and backward allocate besides the inputs, y and the
     input-sized gradients (meta tensors: no kernel runs)."""
-    from lambda_kernels.tools.cases import op_launches
+    from lambda_kernels.tools.launches import op_launches
     b, heads, k, u, v, hh, ww, rh, rw = shape
     n = hh * ww
     input_sized = {b * heads * k * n, b * u * k * n, b * u * v * n, rh * rw * k * u, b * k * v,

@@ -154,7 +154,7 @@ def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: 
     backward; the "fwdbwd" entry times the backward op alone) and their fraction of the run's
     torch.mm rate."""
     from .. import backends
-    from ..tools.cases import case_shape, op_inputs
+    from .op_shapes import case_shape, op_inputs
     from .providers import flops_positional
 
     ops = backends.get(backend).ops()

@@ -21,10 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..bench.op_shapes import case_shape
 from ..bench.presets import DTYPES, PRESETS
 from ..triton._tiles import unwrap_kernel
 from ..cost import positional_flops
-from .cases import case_shape, op_launches
+from .launches import op_launches
 
 # The positional kernels: the forward, and the three of the backward (whose summed time the
 # backward's useful FLOP is measured against). Useful FLOP: lambda_kernels.cost (the cheaper

@@ -30,10 +30,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..triton._tiles import unwrap_kernel
-from .cases import named_shapes, op_launches
+from ..bench.op_shapes import named_shapes
+from .launches import op_launches
 
 # (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols) by name, from the
-# benchmark cases (tools/cases.py): the GPU headline (lambda-bench --preset gpu-headline), the
+# benchmark cases (bench/op_shapes.py): the GPU headline (lambda-bench --preset gpu-headline), the
 # LambdaResNet stage shapes and the global-context seed case.
 SHAPES = named_shapes()
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}

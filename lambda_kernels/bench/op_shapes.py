@@ -1,6 +1,6 @@
-"""The op shapes the tools (and lambda-bench's kernel timing) run: one registry of shapes,
-lambda_kernels/bench/presets.py, seen as op shapes (B, h, k, u, v, H, W, Rh, Rw); seeded or
-meta inputs of the lambda op; and the Triton kernel launches of its four ops on them.
+"""The benchmark cases (presets.py, the one registry of shapes) seen as shapes of the lambda op,
+(B, h, k, u, v, H, W, Rh, Rw), and the op's inputs for a shape: what lambda-bench's kernel
+timing and the developer tools (lambda_kernels.tools) run.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Union
 import torch
 
 from ..cost import table_size
-from ..bench.presets import DTYPES, PRESETS, Case
+from .presets import DTYPES, PRESETS, Case
 
 OpShape = tuple  # (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols)
 
@@ -56,23 +56,3 @@ def op_inputs(shape: OpShape, dtype, device="cpu", seed: int = 0) -> tuple:
 
     return (rand(b, heads, k, hh, ww), rand(b, u, k, hh, ww), rand(b, u, v, hh, ww),
             rand(rh, rw, k, u, scale=0.5), rand(b, k, v, scale=0.1))
-
-
-def op_launches(shape: OpShape, dtype, device="meta") -> list:
-    """Every Triton kernel launch (lambda_kernels.triton._tiles.Launch) of the four ops,
-    forward and backward, for one shape: on meta tensors nothing runs (the compile check
-    and the memory-rule tests read the records), on a GPU the launches can be run and timed."""
-    from ..triton import content_lambda as content
-    from ..triton import lambda_output as output
-    q, keys, values, table, lam = op_inputs(shape, dtype, device)
-    b, heads, _, _, v, hh, ww = shape[:7]
-    lam_c = torch.empty_like(lam)
-    lse = torch.empty(keys.shape[:3], device=device, dtype=torch.float32)
-    y = torch.empty(b, heads, v, hh, ww, device=device, dtype=q.dtype)
-    dy = y if y.device.type == "meta" else torch.randn_like(y)
-    launches = content.content_launches(keys, values, lam_c, lse)
-    launches += content.content_backward_launches(lam, keys, values, lse, torch.empty_like(keys),
-                                                  torch.empty_like(values))
-    launches += output.forward_launches(q, values, table, lam, y)
-    launches += output.backward_launches(dy, q, values, table, lam)[0]
-    return launches
