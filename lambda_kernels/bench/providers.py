@@ -25,6 +25,7 @@ convolutions, skipped padding), so "% of the matmul rate" can exceed 100% for co
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Callable, Optional
 
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cost import in_image_taps, positional_flops, table_size
+from ..cost import LAMBDA_P, in_image_taps, positional_flops, table_size
 from .presets import Case
 
 
@@ -48,24 +49,20 @@ def module_missing(name: str) -> Optional[str]:
     return None
 
 
-def lambda_pairs(case: Case) -> int:
-    """P: the in-image (query, offset) pairs of the case's position table (N² for global
-    context)."""
-    return in_image_taps(case.height, case.width, *table_size(case.height, case.width, case.r))
-
-
 def _proj(case: Case, out_channels: int) -> int:
     return 2 * case.batch * case.tokens * case.dim * out_channels
 
 
-def flops_positional(case: Case, backward: bool = False) -> float:
+def flops_positional(case: Case, backward: bool = False, association=None) -> float:
     """Useful FLOP of the positional kernel (op lambda_output, or lambda_output_backward with
     `backward`) over the in-image pairs P, in the cheaper association: lambda_kernels.cost, the
     one definition; 2·B·P·u·min(h·(k+v), k·v) forward, 2·B·P·u·min(3·h·k + 2·h·v, 3·k·v)
-    backward, which keeps neither logits nor λp (the memory rule) and so recomputes one."""
+    backward, which keeps neither logits nor λp (the memory rule) and so recomputes one. With
+    `association` (cost.LOGITS, cost.LAMBDA_P): the FLOP of that association instead."""
     return float(positional_flops(case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v,
                                   case.height, case.width,
-                                  *table_size(case.height, case.width, case.r), backward))
+                                  *table_size(case.height, case.width, case.r), backward,
+                                  association))
 
 
 def flops_lambda(case: Case) -> float:
@@ -79,10 +76,7 @@ def flops_lambda_networks(case: Case) -> float:
     b, n, h, k, u, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_u, case.dim_v
     proj = _proj(case, h * k + u * k + u * v)
     content = 2 * b * n * u * k * v + 2 * b * n * h * k * v
-    if case.r is not None:
-        lam_p = 2 * b * lambda_pairs(case) * k * v * u
-    else:
-        lam_p = 2 * b * n * n * k * u * v
+    lam_p = flops_positional(case, association=LAMBDA_P)  # upstream forms λp (global: N² pairs)
     return float(proj + content + lam_p + 2 * b * n * h * k * v)
 
 
@@ -90,7 +84,7 @@ def flops_timm(case: Case) -> float:
     b, n, h, k, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_v
     proj = _proj(case, h * k + k + v)
     content = 2 * b * n * k * v + 2 * b * n * h * k * v
-    lam_p = 2 * b * lambda_pairs(case) * k * v
+    lam_p = flops_positional(dataclasses.replace(case, dim_u=1), association=LAMBDA_P)
     return float(proj + content + lam_p + 2 * b * n * h * k * v)
 
 
