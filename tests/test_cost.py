@@ -34,7 +34,7 @@ def brute_multiply_adds(heads, k, v, association, backward):
     """Count the multiply-adds of one (tap, u) by walking each product's loops."""
     count = 0
     if association == cost.LOGITS:
-        products = [(heads, k), (heads, v)]                      # logits = E·q; y += logits·values
+        products = [(heads, k), (heads, v)]                # logits = E·q; y += logits·values
         if backward:  # logits again, d logits = dy·values, dq, dE, d values
             products = [(heads, k), (heads, v), (heads, k), (heads, k), (heads, v)]
     else:  # λp = E⊗values; backward: λp again, dE and d values from dλp

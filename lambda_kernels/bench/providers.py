@@ -253,7 +253,8 @@ class LambdaNetworks(Provider):
         if missing:
             return missing
         if case.n is not None and (case.height != case.n or case.width != case.n):
-            return f"upstream global context needs H = W = n = {case.n} (lambda-networks issue #30 on GitHub)"
+            return (f"upstream global context needs H = W = n = {case.n} (lambda-networks "
+                    "issue #30 on GitHub)")
         return None
 
     def build(self, case, device):

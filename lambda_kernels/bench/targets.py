@@ -1,4 +1,5 @@
-"""Performance targets checked on the rows of a run (the layer on CPU, and the models): each names a case, reads one number from that case's rows, and compares it with a
+"""Performance targets checked on the rows of a run (for the layer on CPU, and for
+the models): each names a case, reads one number from that case's rows, and compares it with a
 threshold. A target whose rows are missing or failed reads "not measured".
 
     layer (presets `targets` and `resnet`, CPU, float32): the fused `cpu` back end against
