@@ -326,12 +326,15 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     console = make_console()
     if args.list:
-        return _listed(console, [line for name, pr in S.PRESETS.items()
-                                 for line in [f"[bold]{name}[/]: {pr.description}"]
-                                 + [f"    {c.describe()}" for c in pr.cases]]
-                       + [""] + [f"[bold]{name}[/]{' (hidden)' if prov.hidden else ''}: "
-                                 f"{prov.description}" for name, prov in P.REGISTRY.items()]
-                       + ["\nlambda-bench train --list: the model benchmark"])
+        lines = []
+        for name, pr in S.PRESETS.items():
+            lines += [f"[bold]{name}[/]: {pr.description}"]
+            lines += [f"    {c.describe()}" for c in pr.cases]
+        lines.append("")
+        for name, prov in P.REGISTRY.items():
+            lines.append(f"[bold]{name}[/]{' (hidden)' if prov.hidden else ''}: "
+                         f"{prov.description}")
+        return _listed(console, lines + ["\nlambda-bench train --list: the model benchmark"])
     device = _prepare(args, console)
     try:
         preset, cases = make_cases(args, device)
