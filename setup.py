@@ -10,7 +10,6 @@ Knobs:
   LAMBDA_KERNELS_NO_EXT      1 to build a pure-Python package (kernels JIT-built on first use)
   MAX_JOBS                   parallel compile jobs (torch's knob)
 """
-import glob
 import os
 import shutil
 import sys

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import json
 import math
 import os
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import create_model, list_models
+from .training import at_least_float32, autocast, train_step
 
 CHECKPOINT_FORMAT = 1
 # Arguments a resumed run must share with the checkpoint: they define the model and the data.
@@ -250,39 +250,8 @@ def amp_dtype(args, device: torch.device) -> Optional[torch.dtype]:
     return torch.float16 if args.amp_dtype == "fp16" else torch.bfloat16
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 # ---------------------------------------------------------------------------------------------
-# one step, one evaluation
-
-
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, *, device: torch.device, dtype: Optional[torch.dtype] = None,
-               scaler: Optional[torch.amp.GradScaler] = None,
-               label_smoothing: float = 0.0) -> tuple[float, int]:
-    """Forward, backward and optimizer step on one batch, in the model's current mode;
-    (mean loss, correct predictions)."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(device, dtype):
-        logits = _at_least_float32(model(images))
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.item(), int((logits.argmax(1) == labels).sum())
-
-
-def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
-    """The loss of autocast (bf16/fp16) logits in float32; float64 models stay float64."""
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+# evaluation (the training step is lambda_kernels.training.train_step)
 
 
 @torch.no_grad()
@@ -296,7 +265,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
                                world_size=dist.world_size, shuffle=False):
         x, y = _to_device(images[index], labels[index], device, channels_last)
         with autocast(device, dtype):
-            logits = _at_least_float32(model(x))
+            logits = at_least_float32(model(x))
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         count += len(y)

@@ -76,7 +76,7 @@ fi
 
 ARCH="$("$PYTHON" -c 'import torch; c = torch.cuda.get_device_capability(); print(c[0] * 10 + c[1])' 2>/dev/null || echo 90)"
 step "triton compile check (sm_$ARCH)" "$OUT/triton-compile-check.log" \
-    "$PYTHON" -m lambda_kernels.triton.compile_check --check --arch "$ARCH" --dtypes bf16 fp32 \
+    "$PYTHON" -m lambda_kernels.tools.compile_check --check --arch "$ARCH" --dtypes bf16 fp32 \
     --shape headline resnet-56-r23 resnet-28-r9 resnet-14-r23 \
     --markdown "$OUT/triton-compile-check.md"
 
@@ -111,7 +111,7 @@ fi
 
 if [ "${SKIP_AUTOTUNE:-0}" != 1 ]; then
     step "triton autotune (gpu-headline, resnet; bf16)" "$OUT/triton-autotune.log" \
-        "$PYTHON" -m lambda_kernels.triton.autotune_report --preset gpu-headline resnet \
+        "$PYTHON" -m lambda_kernels.tools.autotune_report --preset gpu-headline resnet \
         --dtype bfloat16 --markdown "$OUT/triton-autotune.md" --json "$OUT/triton-autotune.json"
 fi
 

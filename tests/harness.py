@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 import lambda_kernels
-from lambda_kernels import backends
+from lambda_kernels import backends, cost
 from lambda_kernels.reference import lambda_reference
 
 FLOOR = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
@@ -61,7 +61,7 @@ class Shape:
     @property
     def logit_association(self) -> bool:
         """Whether the CPU kernels form logits (not λp) in the forward for this shape."""
-        return self.heads * (self.dim_k + self.dim_v) <= self.dim_k * self.dim_v
+        return cost.cheaper_association(self.heads, self.dim_k, self.dim_v) == cost.LOGITS
 
 
 # Small enough for the Triton interpreter; k and v avoid multiples of any vector width; both
@@ -252,7 +252,7 @@ def check_against_reference(target: Target, inputs, dtype, seed=1):
     ref_dtype = outputs_and_grads(lambda_reference, inputs, dy.to(dtype))
     for name, g, r64, rd in zip(GRAD_NAMES, got, ref64, ref_dtype):
         assert g.dtype == dtype, f"{name}: dtype {g.dtype}, expected {dtype}"
-        if name != "y":  # gradients leave the op dense (ARCHITECTURE.md, BatchNorm pitfall)
+        if name != "y":  # gradients leave the op dense (docs/design.md, PyTorch pitfalls)
             assert g.is_contiguous(), f"{name}: not contiguous (strides {g.stride()})"
         assert_close_rule(name, g, r64, rd, dtype)
 

@@ -15,6 +15,7 @@ import lambda_kernels
 from lambda_kernels.bench import cli, providers as P
 from lambda_kernels.bench import targets as T
 from lambda_kernels.bench import models as M
+from lambda_kernels.cost import in_image_taps
 from lambda_kernels.bench.measure import cpu_memory_subprocess, summarize
 from lambda_kernels.bench.presets import PRESETS, Case, apply_overrides, parse_size, sweep_cases
 
@@ -174,16 +175,16 @@ def test_cpu_isa_switches_the_running_level_and_refuses_one_this_cpu_lacks(monke
 
 def test_flop_formulas_and_helpers():
     # global context window covers the image: P = N^2; r = 1: P = N
-    assert P.window_pairs(5, 7, 9, 13) == 35 * 35
-    assert P.window_pairs(5, 7, 1, 1) == 35
-    assert P.window_pairs(3, 3, 3, 3) == 7 * 7
+    assert in_image_taps(5, 7, 9, 13) == 35 * 35
+    assert in_image_taps(5, 7, 1, 1) == 35
+    assert in_image_taps(3, 3, 3, 3) == 7 * 7
     c = Case(batch=2, dim=8, height=4, width=4, dim_k=4, heads=2, dim_u=1, r=3)
     n, h, k, u, v = 16, 2, 4, 1, 4
-    pos = 2 * 2 * P.window_pairs(4, 4, 3, 3) * h * u * (k + v)
+    pos = 2 * 2 * in_image_taps(4, 4, 3, 3) * h * u * (k + v)
     proj = 2 * 2 * n * 8 * (h * k + u * k + u * v)
     content = 2 * 2 * n * u * k * v + 2 * 2 * n * h * k * v
     assert P.flops_lambda(c) == proj + content + pos
-    assert P.flops_conv(c, 3) == 2 * 2 * 8 * 8 * P.window_pairs(4, 4, 3, 3)
+    assert P.flops_conv(c, 3) == 2 * 2 * 8 * 8 * in_image_taps(4, 4, 3, 3)
     assert P.flops_conv(c, 1) == 2 * 2 * n * 8 * 8
     assert parse_size("32x48") == (32, 48) and parse_size("7") == (7, 7)
     assert [x.height for x in sweep_cases(c, "size", [4, 6])] == [4, 6]
@@ -344,5 +345,25 @@ def test_plotting_libraries_are_an_extra():
         project = tomllib.load(f)["project"]
     names = {re.split(r"[ ;<>=!\[]", d)[0] for d in project["dependencies"]}
     assert not names & {"rich", "matplotlib"}
-    assert {"rich", "matplotlib"} <= set(project["optional-dependencies"]["bench"])
+    assert {"rich", "matplotlib", "lambda-networks==0.4.0", "einops"} <= \
+        set(project["optional-dependencies"]["bench"])
     assert project["scripts"]["lambda-bench"] == "lambda_kernels.bench.cli:main"
+
+
+def test_reference_back_end_stands_in_for_missing_lambda_networks(monkeypatch, tmp_path):
+    """Without lambda-networks the speed-up columns compare with lambda-reference, and the
+    table says so."""
+    monkeypatch.setitem(sys.modules, "lambda_networks", None)  # import fails as if missing
+    md = tmp_path / "r.md"
+    res = cli.run_cli([*FAST, "--providers", "lambda-networks,conv3x3", "--markdown", str(md)])
+    rows = {r["provider"]: r for r in res["results"]}
+    assert res["meta"]["baseline"] == "lambda-reference"
+    assert rows["lambda-networks"]["status"] == "skipped"
+    assert rows["lambda-reference"]["speedup_fwd"] == pytest.approx(1.0)
+    assert rows["conv3x3"]["speedup_fwd"] > 0 and rows["conv3x3"]["speedup_fwdbwd"] > 0
+    note = res["meta"]["baseline_note"]
+    assert "lambda-reference" in note and 'pip install "lambda-kernels[bench]"' in note
+    assert "speedup vs lambda-reference" in md.read_text()
+    monkeypatch.delitem(sys.modules, "lambda_networks")
+    assert cli.choose_baseline(None, ["lambda-networks", "mhsa"]) == ("lambda-networks", None)
+    assert cli.choose_baseline("mhsa", ["lambda-networks", "mhsa"]) == ("mhsa", None)

@@ -14,7 +14,7 @@ from torch import nn
 
 from lambda_kernels import LambdaLayer
 from lambda_kernels.models import create_model
-from lambda_kernels.train import train_step
+from lambda_kernels.training import train_step
 
 WORLD = 2
 GLOBAL_BATCH = 8

@@ -111,7 +111,7 @@ def test_kernels_compile_for_gpu_without_gpu():
         pytest.skip(_IMPORT_ERROR)
     env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "lambda_kernels.triton.compile_check", "--check",
+    proc = subprocess.run([sys.executable, "-m", "lambda_kernels.tools.compile_check", "--check",
                            "--arch", "80", "90", "--dtypes", "bf16", "fp32"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
@@ -126,7 +126,8 @@ def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):
     and fits the register and shared-memory budgets unless it is the only fallback."""
     if lk_triton is None:
         pytest.skip(_IMPORT_ERROR)
-    from lambda_kernels.triton import _tiles, compile_check
+    from lambda_kernels.tools import compile_check
+    from lambda_kernels.triton import _tiles
     from lambda_kernels.triton import lambda_output as output
     monkeypatch.setattr(_tiles, "INTERPRETED", False)  # the GPU's choice: every fitting config
     monkeypatch.setenv(_tiles.AUTOTUNE_ENV, "1")
@@ -157,13 +158,13 @@ def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):
 def _scratch_bytes(shape) -> int:
     """Bytes the launch records of forward and backward allocate besides the inputs, y and the
     input-sized gradients (meta tensors: no kernel runs)."""
-    from lambda_kernels.triton import compile_check
+    from lambda_kernels.tools.launches import op_launches
     b, heads, k, u, v, hh, ww, rh, rw = shape
     n = hh * ww
     input_sized = {b * heads * k * n, b * u * k * n, b * u * v * n, rh * rw * k * u, b * k * v,
                    b * heads * v * n}
     return sum(arg.numel() * arg.element_size()
-               for launch in compile_check.launches_for(shape, "bf16") for arg in launch.args
+               for launch in op_launches(shape, torch.bfloat16) for arg in launch.args
                if isinstance(arg, torch.Tensor) and arg.numel() not in input_sized)
 
 

@@ -1,8 +1,10 @@
 """Registry of back ends for the lambda op.
 
 A back end is either *fused* (four ops: content_lambda, content_lambda_backward, lambda_output,
-lambda_output_backward, glued by one autograd.Function in functional.py) or *differentiable*
-(one `forward` that autograd differentiates, like the einsum reference). Each has a
+lambda_output_backward; functional.py runs the two forward ops, and the backward ops enter
+through the autograd formulas registered on the forward ops in _op_registrations.py) or
+*differentiable* (one `forward` that autograd differentiates, like the einsum reference). How to
+add one: docs/design.md, "How to add a back end". Each has a
 `can_run(device_type, dtype)` that returns None when it can run inputs of that device type and
 dtype, or the reason it cannot ("not compiled", "no GPU", "dtype unsupported", "triton
 missing", ...), and a `variant()` naming what would run (e.g. the CPU instruction set), or None.

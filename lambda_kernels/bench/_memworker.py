@@ -19,6 +19,7 @@ def main(arg: str) -> dict:
         sys.path.insert(0, path)
     import torch
     torch.set_num_threads(int(spec.get("threads", torch.get_num_threads())))
+    from .._cpu_isa import ENV_CPU_ISA
     from . import providers
     from .measure import make_steps, rss_extra_peak
     from .presets import Case
@@ -30,7 +31,7 @@ def main(arg: str) -> dict:
     x = providers.make_input(case, device)
     dy = providers.make_grad(case, device)
     fwd, fwd_bwd, clear = make_steps(module, x, dy)
-    out: dict = {"cpu_isa": os.environ.get("LAMBDA_KERNELS_CPU_ISA")}
+    out: dict = {"cpu_isa": os.environ.get(ENV_CPU_ISA)}
     for key, fn in (("mem_fwd", fwd), ("mem_fwdbwd", fwd_bwd)):
         try:
             fn()  # warm-up: lazy initialisation, thread pools, kernel caches

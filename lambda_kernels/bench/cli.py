@@ -3,7 +3,7 @@ whole LambdaResNets (`lambda-bench train`).
 
     lambda-bench                                  # quick preset on CUDA if present, else CPU
     lambda-bench --preset seed --json out.json --csv results.csv
-    lambda-bench --preset targets                 # issue-9 CPU targets, pass/fail table
+    lambda-bench --preset targets                 # the CPU targets, pass/fail table
     lambda-bench --preset resnet --providers lambda-cpu,lambda-networks,conv3x3
     lambda-bench --sweep size --plot size.png     # time and memory vs image size
     lambda-bench --sweep r --sweep-values 3,7,15,23 --plot r.png
@@ -23,21 +23,22 @@ import contextlib
 import os
 import sys
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
+from .._cpu_isa import ENV_CPU_ISA
 from . import models as M
 from . import presets as S
 from . import providers as P
 from . import targets as T
 from .measure import device_name, matmul_rate
-from .report import (INSTALL_BENCH, MODEL_COLUMNS, PlainConsole, _rate, append_csv,
-                     environment, make_console, missing_optional, model_caption, plot,
-                     plot_models, render_tables, render_targets, write_json, write_markdown)
+from .report import (INSTALL_BENCH, MODEL_COLUMNS, PlainConsole, append_csv, environment,
+                     layer_caption, literal, make_console, missing_optional, model_caption, plot,
+                     plot_models, rate_text, render_tables, render_targets, write_json,
+                     write_markdown)
 from .runner import Options, add_ratios, run_all
-
-ENV_CPU_ISA = "LAMBDA_KERNELS_CPU_ISA"
 
 
 def _int_list(text: str) -> list[int]:
@@ -242,25 +243,79 @@ def _backend_status(device: torch.device, dtype: torch.dtype) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-def _write_outputs(console, args, rows, meta, cases, baseline, targets, *, models: bool):
+@dataclass
+class Run:
+    """One benchmark run once its arguments are parsed: what the layer benchmark and the model
+    benchmark (`lambda-bench train`) differ in; `execute` does the rest for both."""
+    bench: str                                  # "layer" or "train" (meta["bench"])
+    cases: list
+    names: list[str]
+    baseline: str
+    opts: Options
+    steps: int                                  # progress-bar length
+    measure: Callable[[Callable[[str], None]], list[dict]]   # progress -> rows with ratios
+    targets: list
+    banner: Callable[[dict], str]               # meta -> the line printed before measuring
+    caption: Callable[[dict, str], str]         # (meta, baseline) -> the tables' caption
+    plot: Callable[[str, list[dict], dict], None]            # (path, rows, meta)
+    columns: Optional[list] = None              # table columns (None: the layer columns)
+    meta: dict = field(default_factory=dict)    # extra metadata
+
+
+def choose_baseline(requested: Optional[str], names: list[str]) -> tuple[str, Optional[str]]:
+    """(baseline of the speed-up columns, a note when it is not the one asked for): the
+    requested provider, else lambda-networks, else the first provider. Without lambda-networks
+    installed, the reference back end (lambda-reference) stands in, and the note says so."""
+    if requested:
+        return requested, None
+    if "lambda-networks" in names:
+        missing = missing_optional("lambda_networks")
+        if missing is None:
+            return "lambda-networks", None
+        return "lambda-reference", (f"speedup vs lambda-reference (the reference back end): "
+                                    f"{missing}")
+    return names[0], None
+
+
+def execute(console, args, device: torch.device, run: Run, peak: dict, t_start: float) -> dict:
+    """Measure, add targets, print the tables and write the files of one run; returns
+    {'meta', 'cases', 'results', 'targets'}."""
+    meta = environment(device, device_name(device), peak)
+    meta.update(bench=run.bench, baseline=run.baseline, providers=run.names,
+                repeats=run.opts.repeats, warmup=run.opts.warmup, max_time=run.opts.max_time,
+                **run.meta)
+    console.print(f"[dim]{run.banner(meta)}[/]")
+    if meta.get("baseline_note"):
+        console.print(f"[yellow]{literal(console, meta['baseline_note'])}[/]")
+    with _progress(console, run.steps, args, t_start) as advance:
+        rows = run.measure(advance)
+    targets = T.evaluate(run.targets, rows, run.cases, device.type, torch.get_num_threads())
+    meta["wall_s"] = time.perf_counter() - t_start
+    meta["targets"] = targets
+    caption = run.caption(meta, run.baseline)
+    render_tables(console, rows, run.cases, meta, run.baseline, run.columns, caption)
+    render_targets(console, targets)
+    console.print(f"[dim]done in {meta['wall_s']:.1f} s[/]")
     if args.json:
-        write_json(args.json, rows, meta, cases)
+        write_json(args.json, rows, meta, run.cases)
     if args.csv:
         append_csv(args.csv, rows, meta)
     if args.markdown:
-        if models:
-            write_markdown(args.markdown, rows, cases, meta, baseline, MODEL_COLUMNS,
-                           model_caption(meta, baseline), targets)
-        else:
-            write_markdown(args.markdown, rows, cases, meta, baseline, targets=targets)
+        write_markdown(args.markdown, rows, run.cases, meta, run.baseline, run.columns, caption,
+                       targets)
     if args.plot:
-        if models:
-            plot_models(args.plot, rows, meta)
-        else:
-            plot(args.plot, rows, cases, args.sweep, meta)
+        run.plot(args.plot, rows, meta)
     for path in (args.json, args.csv, args.markdown, args.plot):
         if path:
             console.print(f"[dim]wrote {path}[/]")
+    return {"meta": meta, "cases": [c.to_dict() for c in run.cases], "results": rows,
+            "targets": targets}
+
+
+def _listed(console, lines) -> dict:
+    for line in lines:
+        console.print(line)
+    return {"meta": {}, "cases": [], "results": [], "targets": []}
 
 
 def run_cli(argv: Optional[list[str]] = None) -> dict:
@@ -271,16 +326,15 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
     args = build_parser().parse_args(argv)
     console = make_console()
     if args.list:
+        lines = []
         for name, pr in S.PRESETS.items():
-            console.print(f"[bold]{name}[/]: {pr.description}")
-            for c in pr.cases:
-                console.print(f"    {c.describe()}")
-        console.print()
+            lines += [f"[bold]{name}[/]: {pr.description}"]
+            lines += [f"    {c.describe()}" for c in pr.cases]
+        lines.append("")
         for name, prov in P.REGISTRY.items():
-            console.print(f"[bold]{name}[/]{' (hidden)' if prov.hidden else ''}: "
-                          f"{prov.description}")
-        console.print("\nlambda-bench train --list: the model benchmark")
-        return {"meta": {}, "cases": [], "results": [], "targets": []}
+            lines.append(f"[bold]{name}[/]{' (hidden)' if prov.hidden else ''}: "
+                         f"{prov.description}")
+        return _listed(console, lines + ["\nlambda-bench train --list: the model benchmark"])
     device = _prepare(args, console)
     try:
         preset, cases = make_cases(args, device)
@@ -290,7 +344,7 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
         names = P.resolve(args.providers.split(","))
     else:
         names = P.resolve(list(preset.providers) if preset.providers else None)
-    baseline = args.baseline or ("lambda-networks" if "lambda-networks" in names else names[0])
+    baseline, baseline_note = choose_baseline(args.baseline, names)
     if baseline not in names:
         names.append(baseline)
 
@@ -302,9 +356,6 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
     else:
         console.print(f"[dim]lambda-bench: measuring torch.mm rate on {device} ...[/]")
         peak = matmul_rate(device, peak_dtype, repeats=5)
-    meta = environment(device, device_name(device), peak)
-    meta.update(bench="layer", preset=preset.name, sweep=args.sweep, baseline=baseline,
-                providers=names, backends=_backend_status(device, cases[0].torch_dtype))
     opts = Options(device=device,
                    repeats=args.repeats if args.repeats is not None else preset.repeats,
                    warmup=args.warmup if args.warmup is not None else preset.warmup,
@@ -312,28 +363,27 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
                    memory=not args.no_memory, mem_jobs=args.mem_jobs,
                    peak_flops=peak["flops_per_s"], check_errors=not args.no_check,
                    kernel_rate=args.kernel_rate or preset.kernel_rate)
-    meta.update(repeats=opts.repeats, warmup=opts.warmup, max_time=opts.max_time)
-    console.print(f"[dim]{meta['device_name']}, torch {meta['torch']}, triton "
-                  f"{meta['triton']}, {ENV_CPU_ISA}={meta['cpu_isa']}: torch.mm "
-                  f"{peak['dtype']} {_rate(peak['flops_per_s'])}; preset {preset.name}, "
-                  f"{len(cases)} case(s) x {len(names)} provider(s)[/]")
-
     steps = len(cases) * len(names)
     if opts.memory and device.type == "cpu":
         steps *= 2  # upper bound; memory only for rows that ran
-    with _progress(console, steps, args, t_start) as advance:
-        rows = run_all(cases, names, opts, progress=advance)
-    add_ratios(rows, baseline)
-    targets = T.evaluate(T.LAYER_TARGETS, rows, cases, device.type, torch.get_num_threads())
-    meta["wall_s"] = time.perf_counter() - t_start
-    meta["targets"] = targets
 
-    render_tables(console, rows, cases, meta, baseline)
-    render_targets(console, targets)
-    console.print(f"[dim]done in {meta['wall_s']:.1f} s[/]")
-    _write_outputs(console, args, rows, meta, cases, baseline, targets, models=False)
-    return {"meta": meta, "cases": [c.to_dict() for c in cases], "results": rows,
-            "targets": targets}
+    def measure(progress):
+        rows = run_all(cases, names, opts, progress=progress)
+        add_ratios(rows, baseline)
+        return rows
+
+    run = Run(bench="layer", cases=cases, names=names, baseline=baseline, opts=opts, steps=steps,
+              measure=measure, targets=T.LAYER_TARGETS,
+              banner=lambda meta: (f"{meta['device_name']}, torch {meta['torch']}, triton "
+                                   f"{meta['triton']}, {ENV_CPU_ISA}={meta['cpu_isa']}: torch.mm "
+                                   f"{peak['dtype']} {rate_text(peak['flops_per_s'])}; preset "
+                                   f"{preset.name}, {len(cases)} case(s) x {len(names)} "
+                                   f"provider(s)"),
+              caption=layer_caption,
+              plot=lambda path, rows, meta: plot(path, rows, cases, args.sweep, meta),
+              meta=dict(preset=preset.name, sweep=args.sweep, baseline_note=baseline_note,
+                        backends=_backend_status(device, cases[0].torch_dtype)))
+    return execute(console, args, device, run, peak, t_start)
 
 
 def run_train_cli(argv: list[str]) -> dict:
@@ -341,9 +391,8 @@ def run_train_cli(argv: list[str]) -> dict:
     args = build_train_parser().parse_args(argv)
     console = make_console()
     if args.list:
-        for name, provider in M.MODEL_REGISTRY.items():
-            console.print(f"[bold]{name}[/]: {provider.description}")
-        return {"meta": {}, "cases": [], "results": [], "targets": []}
+        return _listed(console, [f"[bold]{name}[/]: {provider.description}"
+                                 for name, provider in M.MODEL_REGISTRY.items()])
     device = _prepare(args, console)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     case = M.ModelCase(batch=args.batch, image_size=args.image_size, dtype=dtype,
@@ -362,24 +411,17 @@ def run_train_cli(argv: list[str]) -> dict:
                    max_time=args.max_time if args.max_time is not None else 10.0,
                    memory=False)
     t_start = time.perf_counter()
-    meta = environment(device, device_name(device), {"flops_per_s": None, "skipped": True})
-    meta.update(bench="train", preset="train", baseline=baseline, providers=names,
-                repeats=opts.repeats, warmup=opts.warmup, max_time=opts.max_time,
-                backends=_backend_status(device, torch.float32))
-    console.print(f"[dim]lambda-bench train: {meta['device_name']}, torch {meta['torch']}, "
-                  f"{ENV_CPU_ISA}={meta['cpu_isa']}; {case.describe()}; "
-                  f"{len(names)} model(s)[/]")
-    with _progress(console, len(names), args, t_start) as advance:
-        rows = M.run_models(case, names, opts, baseline, progress=advance)
-    targets = T.evaluate(T.MODEL_TARGETS, rows, [case], device.type, torch.get_num_threads())
-    meta["wall_s"] = time.perf_counter() - t_start
-    meta["targets"] = targets
-    render_tables(console, rows, [case], meta, baseline, MODEL_COLUMNS,
-                  model_caption(meta, baseline))
-    render_targets(console, targets)
-    console.print(f"[dim]done in {meta['wall_s']:.1f} s[/]")
-    _write_outputs(console, args, rows, meta, [case], baseline, targets, models=True)
-    return {"meta": meta, "cases": [case.to_dict()], "results": rows, "targets": targets}
+    run = Run(bench="train", cases=[case], names=names, baseline=baseline, opts=opts,
+              steps=len(names),
+              measure=lambda progress: M.run_models(case, names, opts, baseline,
+                                                    progress=progress),
+              targets=T.MODEL_TARGETS,
+              banner=lambda meta: (f"lambda-bench train: {meta['device_name']}, torch "
+                                   f"{meta['torch']}, {ENV_CPU_ISA}={meta['cpu_isa']}; "
+                                   f"{case.describe()}; {len(names)} model(s)"),
+              caption=model_caption, plot=plot_models, columns=MODEL_COLUMNS,
+              meta=dict(preset="train", backends=_backend_status(device, torch.float32)))
+    return execute(console, args, device, run, {"flops_per_s": None, "skipped": True}, t_start)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -154,19 +154,15 @@ def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: 
     backward; the "fwdbwd" entry times the backward op alone) and their fraction of the run's
     torch.mm rate."""
     from .. import backends
+    from .op_shapes import case_shape, op_inputs
     from .providers import flops_positional
 
     ops = backends.get(backend).ops()
-    b, h, k, u, v = case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v
-    hh, ww = case.height, case.width
-    rh, rw = (case.r, case.r) if case.r is not None else (2 * hh - 1, 2 * ww - 1)
-    g = torch.Generator().manual_seed(2)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g).to(device=device, dtype=case.torch_dtype)
-
-    q, values, table = rand(b, h, k, hh, ww), rand(b, u, v, hh, ww), rand(rh, rw, k, u)
-    lam, dy = rand(b, k, v), rand(b, h, v, hh, ww)
+    shape = case_shape(case)
+    q, _, values, table, lam = op_inputs(shape, case.torch_dtype, device, seed=2)
+    b, h, _, _, v, hh, ww = shape[:7]
+    dy = torch.randn(b, h, v, hh, ww, generator=torch.Generator().manual_seed(3)).to(
+        device=device, dtype=case.torch_dtype)
     timing = dict(warmup=warmup, repeats=repeats, max_time=max_time)
     out = {"backend": backend, "useful_flop": flops_positional(case),
            "useful_flop_backward": flops_positional(case, backward=True),

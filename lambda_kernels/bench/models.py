@@ -27,10 +27,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .measure import summarize, time_calls
 from .presets import DTYPES, dtype_name
-from .providers import _module_missing, torch_variant
-from .runner import Options, _free, _is_oom, _short, unavailable_reason
+from .providers import module_missing, torch_variant
+from .runner import Options, Steps, add_note, base_row, measure_row
 
 INSTALL_TIMM = 'pip install "lambda-kernels[timm]"'
 
@@ -104,7 +103,7 @@ class TimmModel(ModelProvider):
         self.takes_img_size = takes_img_size   # position tables sized from img_size
 
     def unavailable(self, case, device):
-        missing = _module_missing("timm")
+        missing = module_missing("timm")
         if missing:
             return f"{missing}: {INSTALL_TIMM}"
         return super().unavailable(case, device)
@@ -174,7 +173,7 @@ def make_batch(case: ModelCase, device: torch.device) -> tuple[torch.Tensor, tor
 def model_steps(module: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                 case: ModelCase, device: torch.device) -> tuple[Callable, Callable]:
     """(inference, training step) callables (lambda-train's step and autocast)."""
-    from ..train import autocast, train_step
+    from ..training import autocast, train_step
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
     dtype = case.autocast_dtype
 
@@ -190,48 +189,30 @@ def model_steps(module: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     return infer, step
 
 
-def _row(name: str, case: ModelCase) -> dict:
-    return {"provider": name, "display": name, "case": case.label, "case_index": 0,
-            "shape": {**case.to_dict(), "model": name}, "status": "ok", "reason": "",
-            "note": "", "backend": None, "variant": None, "fwd": {}, "fwdbwd": {},
-            "params": None, "stock": None, "max_abs_err": None, "max_rel_err": None,
-            "err_vs": None}
-
-
 def run_model(name: str, case: ModelCase, x: torch.Tensor, labels: torch.Tensor, opts: Options,
               outputs: dict) -> dict:
-    row = _row(name, case)
+    """Time one model's inference and training step (runner.measure_row); its eval-mode logits
+    go to outputs[name]."""
+    row = base_row(name, case.label, 0, {**case.to_dict(), "model": name}, params=None,
+                   stock=None, max_rel_err=None)
     provider = MODEL_REGISTRY.get(name)
     if provider is None:
         row.update(status="error", reason=f"unknown model provider {name!r}; known: "
                                           f"{', '.join(MODEL_REGISTRY)}")
         return row
     row["stock"] = provider.stock
-    reason = unavailable_reason(provider, case, opts.device)
-    if reason:
-        row.update(status="skipped", reason=reason)
-        return row
-    module = None
-    try:
-        module, row["note"] = provider.build(case)
+
+    def build() -> Steps:
+        module, note = provider.build(case)
         module = module.to(opts.device)
         if case.channels_last:
             from ..models import to_channels_last
             to_channels_last(module)  # 5-D lambda weights make Module.to(channels_last) raise
         row["params"] = sum(p.numel() for p in module.parameters())
         infer, step = model_steps(module, x, labels, case, opts.device)
-        logits = infer()
-        row["backend"], row["variant"] = provider.ran(module, opts.device)
-        outputs[name] = logits.detach().float().cpu()
-        row["fwd"] = summarize(time_calls(infer, opts.device, warmup=opts.warmup,
-                                          repeats=opts.repeats, max_time=opts.max_time))
-        row["fwdbwd"] = summarize(time_calls(step, opts.device, warmup=opts.warmup,
-                                             repeats=opts.repeats, max_time=opts.max_time))
-    except Exception as exc:
-        row.update(status="error", reason=("out of memory: " if _is_oom(exc) else "")
-                   + _short(exc))
-    del module
-    _free(opts.device)
+        return Steps(module, infer, step, note=note)
+
+    measure_row(row, provider, case, opts, build, outputs)
     return row
 
 
@@ -273,5 +254,5 @@ def run_models(case: ModelCase, names: list[str], opts: Options, baseline: Optio
     add_model_ratios(rows, outputs, baseline)
     for row in rows:
         if row["max_abs_err"] is not None and not math.isfinite(row["max_abs_err"]):
-            row["note"] = (row["note"] + "; " if row["note"] else "") + "non-finite logits"
+            add_note(row, "non-finite logits")
     return rows

@@ -121,7 +121,7 @@ PRESETS: dict[str, Preset] = {
               label="global n=64")],
         repeats=5, warmup=1, max_time=5.0),
     "targets": Preset(
-        "targets", "issue-9 CPU targets: fused vs lambda-networks on the seed cases (time, "
+        "targets", "CPU targets: fused vs lambda-networks on the seed cases (time, "
         "memory) and the positional kernel's useful FLOP/s vs torch.mm, in one run",
         [Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=4, r=23,
               label="seed-local"),

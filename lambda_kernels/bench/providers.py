@@ -8,7 +8,8 @@ v = dim_out / h, P = number of (query, offset) pairs whose offset lands inside t
 (P = N*r_eff^2; local r: sum over rows/cols of the in-image window extent; global: N^2).
 
   lambda (this package, every back end)
-      proj 2BNC(hk + uk + uv) + content 2BNukv + 2BNhkv + positional 2BPhu(k+v)
+      proj 2BNC(hk + uk + uv) + content 2BNukv + 2BNhkv + positional 2BPu min(h(k+v), kv)
+      (the useful FLOP of lambda_kernels.cost: the cheaper association)
   lambda-networks (materialises lambda_p)
       local:  proj + content + 2BPkvu (Conv3d over in-image window positions) + 2BNhkv
       global: proj + content + 2BN^2kuv + 2BNhkv
@@ -24,6 +25,7 @@ convolutions, skipped padding), so "% of the matmul rate" can exceed 100% for co
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Callable, Optional
 
@@ -31,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cost import LAMBDA_P, in_image_taps, positional_flops, table_size
 from .presets import Case
 
 
-def _module_missing(name: str) -> Optional[str]:
+def module_missing(name: str) -> Optional[str]:
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -46,34 +49,20 @@ def _module_missing(name: str) -> Optional[str]:
     return None
 
 
-def window_pairs(height: int, width: int, rh: int, rw: int) -> int:
-    """Number of (query, offset) pairs whose context position lies inside the image."""
-    def extent(size: int, r: int) -> int:
-        half = r // 2
-        return sum(min(size - 1, i + half) - max(0, i - half) + 1 for i in range(size))
-    return extent(height, rh) * extent(width, rw)
-
-
-def lambda_pairs(case: Case) -> int:
-    if case.r is not None:
-        return window_pairs(case.height, case.width, case.r, case.r)
-    return case.tokens * case.tokens
-
-
 def _proj(case: Case, out_channels: int) -> int:
     return 2 * case.batch * case.tokens * case.dim * out_channels
 
 
-def flops_positional(case: Case, backward: bool = False) -> float:
-    """Useful FLOP of the positional kernel over the in-image (query, offset) pairs P, in the
-    cheaper association. Forward (op lambda_output): 2·B·P·u·min(h·(k+v), k·v) — logits
-    E·q then logits·values, or λp = E⊗values then λp·q. Backward (lambda_output_backward), which
-    may keep neither logits nor λp (the memory rule) and so recomputes them:
-    2·B·P·u·min(3·h·k + 2·h·v, 3·k·v) — logits, d logits = dy·values, dq, dE, d values; or
-    λp, dE and d values from dλp."""
-    h, k, v = case.heads, case.dim_k, case.dim_v
-    per_pair = min(3 * h * k + 2 * h * v, 3 * k * v) if backward else min(h * (k + v), k * v)
-    return float(2 * case.batch * lambda_pairs(case) * case.dim_u * per_pair)
+def flops_positional(case: Case, backward: bool = False, association=None) -> float:
+    """Useful FLOP of the positional kernel (op lambda_output, or lambda_output_backward with
+    `backward`) over the in-image pairs P, in the cheaper association: lambda_kernels.cost, the
+    one definition; 2·B·P·u·min(h·(k+v), k·v) forward, 2·B·P·u·min(3·h·k + 2·h·v, 3·k·v)
+    backward, which keeps neither logits nor λp (the memory rule) and so recomputes one. With
+    `association` (cost.LOGITS, cost.LAMBDA_P): the FLOP of that association instead."""
+    return float(positional_flops(case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v,
+                                  case.height, case.width,
+                                  *table_size(case.height, case.width, case.r), backward,
+                                  association))
 
 
 def flops_lambda(case: Case) -> float:
@@ -87,10 +76,7 @@ def flops_lambda_networks(case: Case) -> float:
     b, n, h, k, u, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_u, case.dim_v
     proj = _proj(case, h * k + u * k + u * v)
     content = 2 * b * n * u * k * v + 2 * b * n * h * k * v
-    if case.r is not None:
-        lam_p = 2 * b * lambda_pairs(case) * k * v * u
-    else:
-        lam_p = 2 * b * n * n * k * u * v
+    lam_p = flops_positional(case, association=LAMBDA_P)  # upstream forms λp (global: N² pairs)
     return float(proj + content + lam_p + 2 * b * n * h * k * v)
 
 
@@ -98,7 +84,7 @@ def flops_timm(case: Case) -> float:
     b, n, h, k, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_v
     proj = _proj(case, h * k + k + v)
     content = 2 * b * n * k * v + 2 * b * n * h * k * v
-    lam_p = 2 * b * lambda_pairs(case) * k * v
+    lam_p = flops_positional(dataclasses.replace(case, dim_u=1), association=LAMBDA_P)
     return float(proj + content + lam_p + 2 * b * n * h * k * v)
 
 
@@ -108,7 +94,7 @@ def flops_mhsa(case: Case) -> float:
 
 
 def flops_conv(case: Case, size: int) -> float:
-    pairs = window_pairs(case.height, case.width, size, size)
+    pairs = in_image_taps(case.height, case.width, size, size)
     return float(2 * case.batch * case.dim * case.dim_out * pairs)
 
 
@@ -263,11 +249,12 @@ class LambdaNetworks(Provider):
     optional = True
 
     def unavailable(self, case, device):
-        missing = _module_missing("lambda_networks")
+        missing = module_missing("lambda_networks")
         if missing:
             return missing
         if case.n is not None and (case.height != case.n or case.width != case.n):
-            return f"upstream global context needs H = W = n = {case.n} (issue #30)"
+            return (f"upstream global context needs H = W = n = {case.n} (lambda-networks "
+                    "issue #30 on GitHub)")
         return None
 
     def build(self, case, device):
@@ -289,7 +276,7 @@ class TimmLambda(Provider):
     optional = True
 
     def unavailable(self, case, device):
-        missing = _module_missing("timm")
+        missing = module_missing("timm")
         if missing:
             return missing
         if case.dim != case.dim_out:
@@ -390,7 +377,7 @@ class Natten(Provider):
     optional = True
 
     def unavailable(self, case, device):
-        missing = _module_missing("natten")
+        missing = module_missing("natten")
         if missing:
             return missing
         if case.dim % case.heads:
@@ -479,5 +466,5 @@ def make_grad(case: Case, device: torch.device) -> torch.Tensor:
 
 Builder = Callable[[Case, torch.device], tuple[nn.Module, str]]
 __all__ = ["Provider", "REGISTRY", "register", "get", "resolve", "default_names", "make_input",
-           "make_grad", "flops_lambda", "flops_positional", "window_pairs", "torch_variant",
+           "make_grad", "flops_lambda", "flops_positional", "torch_variant",
            "SelfAttention2d"]

@@ -18,6 +18,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .._cpu_isa import ENV_CPU_ISA
+
 INSTALL_BENCH = 'pip install "lambda-kernels[bench]"'
 
 
@@ -42,6 +44,14 @@ class PlainConsole:
 
     def print(self, text: str = "") -> None:
         print(self._MARKUP.sub("", str(text)), flush=True)
+
+
+def literal(console, text: str) -> str:
+    """`text` as printed verbatim by `console` (rich reads "[bench]" as markup)."""
+    if isinstance(console, PlainConsole):
+        return text
+    from rich.markup import escape
+    return escape(text)
 
 
 def make_console():
@@ -100,7 +110,7 @@ def _err(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.1e}"
 
 
-def _rate(flop_s: Optional[float]) -> str:
+def rate_text(flop_s: Optional[float]) -> str:
     if flop_s is None or flop_s != flop_s:
         return "(not measured)"
     return f"{flop_s / 1e9:.1f} GFLOP/s"
@@ -180,8 +190,8 @@ def print_table(console, title: str, columns: list[Column], rows: list[dict],
         return
     from rich import box
     from rich.table import Table
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", caption=caption,
-                  caption_justify="left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left",
+                  caption=literal(console, caption), caption_justify="left")
     table.add_column("provider", overflow="fold")
     for column in columns:
         table.add_column(column.header, justify="right" if column.right else "left",
@@ -195,8 +205,9 @@ def print_table(console, title: str, columns: list[Column], rows: list[dict],
 
 
 def layer_caption(meta: dict, baseline: Optional[str]) -> str:
-    return (f"time: median [IQR] ms; speedup = t({baseline}) / t; mem: extra peak MiB; GFLOP "
-            f"per forward; %peak of {_rate(meta.get('matmul_flop_s'))} torch.mm "
+    note = f" ({meta['baseline_note']})" if meta.get("baseline_note") else ""
+    return (f"time: median [IQR] ms; speedup = t({baseline}) / t{note}; mem: extra peak MiB; "
+            f"GFLOP per forward; %peak of {rate_text(meta.get('matmul_flop_s'))} torch.mm "
             f"({meta.get('matmul', {}).get('dtype', '?')}); ran: back end (variant)")
 
 
@@ -258,7 +269,7 @@ def environment(device: torch.device, device_name: str, peak: dict) -> dict:
         "lambda_kernels": lk_version, "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_isa": os.environ.get("LAMBDA_KERNELS_CPU_ISA") or None,
+        "cpu_isa": os.environ.get(ENV_CPU_ISA) or None,
         "matmul_flop_s": peak.get("flops_per_s"), "matmul": peak,
     }
 
@@ -441,7 +452,7 @@ def write_markdown(path: str, rows: list[dict], cases, meta: dict, baseline: Opt
              f"- torch {meta.get('torch')} (CPU capability {meta.get('torch_cpu_capability')}), "
              f"triton {meta.get('triton')}, lambda_kernels {meta.get('lambda_kernels')}, "
              f"threads {meta.get('threads')}, LAMBDA_KERNELS_CPU_ISA {meta.get('cpu_isa')}",
-             f"- torch.mm rate: {_rate(meta.get('matmul_flop_s'))} "
+             f"- torch.mm rate: {rate_text(meta.get('matmul_flop_s'))} "
              f"({meta.get('matmul', {}).get('dtype')}); repeats {meta.get('repeats')}, "
              f"warm-up {meta.get('warmup')}",
              f"- {caption}", ""]

@@ -1,6 +1,10 @@
 """Run every provider on every case: timing in this process (same input for all providers of
 a case), peak memory in-process on CUDA or in fresh subprocesses on CPU. A provider that is
-unavailable or raises becomes a row with status "skipped"/"error" and the reason."""
+unavailable or raises becomes a row with status "skipped"/"error" and the reason.
+
+`measure_row` is the one row runner of both benchmarks: the layer rows here (`run_one`) and
+the model rows of `lambda-bench train` (models.run_model) differ only in what they build and
+check."""
 from __future__ import annotations
 
 import gc
@@ -31,9 +35,25 @@ class Options:
     threads: int = field(default_factory=torch.get_num_threads)
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception, with its type, for a row's reason or note."""
     text = f"{type(exc).__name__}: {exc}".strip().split("\n")[0]
     return text[:240]
+
+
+def failure_text(exc: BaseException) -> str:
+    """short_error, marked when it is an out-of-memory error."""
+    return ("out of memory: " if is_oom(exc) else "") + short_error(exc)
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or \
+        "out of memory" in str(exc).lower()
+
+
+def add_note(row: dict, text: str) -> None:
+    """Append `text` to the row's note ("; "-separated)."""
+    row["note"] = (row["note"] + "; " if row["note"] else "") + text
 
 
 def unavailable_reason(provider, case, device) -> Optional[str]:
@@ -42,31 +62,93 @@ def unavailable_reason(provider, case, device) -> Optional[str]:
     try:
         return provider.unavailable(case, device)
     except Exception as exc:
-        return f"availability check failed: {_short(exc)}"
+        return f"availability check failed: {short_error(exc)}"
 
 
-def _free(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
+def base_row(name: str, case_label: str, case_index: int, shape: dict, **extra) -> dict:
+    """The fields every result row has (layer and model benchmarks), then `extra`."""
+    return {"provider": name, "display": name, "case": case_label, "case_index": case_index,
+            "shape": shape, "status": "ok", "reason": "", "note": "", "backend": None,
+            "variant": None, "fwd": {}, "fwdbwd": {}, **extra, "max_abs_err": None,
+            "err_vs": None}
+
+
 def new_row(name: str, case: Case, case_index: int) -> dict:
-    return {"provider": name, "display": name, "case": case.label or case.describe(),
-            "case_index": case_index, "shape": case.to_dict(), "status": "ok", "reason": "",
-            "note": "", "backend": None, "variant": None, "out_shape": None, "fwd": {}, "fwdbwd": {},
-            "mem_fwd": None, "mem_fwdbwd": None, "mem_method": None, "flops_fwd": None,
-            "flops_fwdbwd": None, "max_abs_err": None, "err_vs": None}
+    return base_row(name, case.label or case.describe(), case_index, case.to_dict(),
+                    out_shape=None, mem_fwd=None, mem_fwdbwd=None, mem_method=None,
+                    flops_fwd=None, flops_fwdbwd=None)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, getattr(torch, "OutOfMemoryError", ())) or \
-        "out of memory" in str(exc).lower()
+@dataclass
+class Steps:
+    """What a provider built for one case: the module, its inference call (eval mode, no
+    grad), its training call (forward and backward), and what clears the gradients."""
+    module: torch.nn.Module
+    infer: Callable[[], torch.Tensor]
+    train: Callable[[], object]
+    clear: Callable[[], None] = lambda: None
+    note: str = ""
+
+
+def measure_row(row: dict, provider, case, opts: Options, build: Callable[[], Steps],
+                outputs: dict, *, check: Optional[Callable[[dict, torch.Tensor], None]] = None,
+                train_optional: bool = False) -> bool:
+    """The one row runner of the layer and model benchmarks: availability, build, one
+    inference call (the back end that ran, `check(row, output)`, the output kept in
+    outputs[row["provider"]] for the error columns), then timing of inference and training
+    (with CUDA peak memory when opts.memory). A failure makes the row an error, except a
+    failing training call when `train_optional` (a note then). True if inference ran."""
+    reason = unavailable_reason(provider, case, opts.device)
+    if reason:
+        row.update(status="skipped", reason=reason)
+        return False
+    cuda_memory = opts.memory and opts.device.type == "cuda"
+    timing = dict(warmup=opts.warmup, repeats=opts.repeats, max_time=opts.max_time)
+    steps = None
+    try:
+        steps = build()
+        row["note"] = steps.note
+        y = steps.infer()
+        row["backend"], row["variant"] = provider.ran(steps.module, opts.device)
+        if check is not None:
+            check(row, y)
+        outputs[row["provider"]] = y.detach().float().cpu()
+        del y
+        row["fwd"] = summarize(time_calls(steps.infer, opts.device, **timing))
+        if cuda_memory:
+            row["mem_fwd"] = cuda_extra_peak(steps.infer, opts.device)
+            row["mem_method"] = "cuda max_memory_allocated delta"
+    except Exception as exc:
+        row.update(status="error", reason=failure_text(exc))
+    if row["status"] == "error":  # outside the except block: the traceback is gone
+        del steps
+        free_memory(opts.device)
+        return False
+    try:
+        row["fwdbwd"] = summarize(time_calls(steps.train, opts.device, **timing))
+        steps.clear()
+        if cuda_memory:
+            row["mem_fwdbwd"] = cuda_extra_peak(steps.train, opts.device)
+            steps.clear()
+    except Exception as exc:
+        if not train_optional:
+            row.update(status="error", reason=failure_text(exc))
+        else:
+            add_note(row, f"fwd+bwd failed: {failure_text(exc)}")
+    del steps
+    free_memory(opts.device)
+    return row["status"] == "ok"
 
 
 def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.Tensor,
             opts: Options, outputs: dict) -> dict:
-    """Time one provider on one case; store its eval-mode output in outputs[name]."""
+    """Time one layer provider on one case; its eval-mode output goes to outputs[name]."""
     row = new_row(name, case, case_index)
     try:
         prov = P.get(name)
@@ -75,80 +157,53 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         return row
     row["display"] = prov.display_name(case)
     row["family"] = prov.family
-    reason = unavailable_reason(prov, case, opts.device)
-    if reason:
-        row.update(status="skipped", reason=reason)
-        return row
-    flops = prov.flops(case)
-    if flops == flops:  # not NaN
-        row["flops_fwd"], row["flops_fwdbwd"] = flops, 3 * flops
-    module = None
-    try:
+
+    def build() -> Steps:
+        flops = prov.flops(case)
+        if flops == flops:  # not NaN
+            row["flops_fwd"], row["flops_fwdbwd"] = flops, 3 * flops
         module, note = prov.build(case, opts.device)
-        row["note"] = note
         fwd, fwd_bwd, clear = make_steps(module, x, dy)
-        y = fwd()
-        row["backend"], row["variant"] = prov.ran(module, opts.device)
+        return Steps(module, fwd, fwd_bwd, clear, note)
+
+    def check(row: dict, y: torch.Tensor) -> None:
         row["out_shape"] = list(y.shape)
         expected = [case.batch, case.dim_out, case.height, case.width]
         if list(y.shape) != expected:
             raise RuntimeError(f"wrong output shape {tuple(y.shape)}, expected {tuple(expected)}")
         if not torch.isfinite(y).all():
-            row["note"] = (row["note"] + "; " if row["note"] else "") + "non-finite output"
-        outputs[name] = (y.detach().float().cpu(), prov.family, note)
-        del y
-        row["fwd"] = summarize(time_calls(fwd, opts.device, warmup=opts.warmup,
-                                          repeats=opts.repeats, max_time=opts.max_time))
-        if opts.memory and opts.device.type == "cuda":
-            row["mem_fwd"] = cuda_extra_peak(fwd, opts.device)
-            row["mem_method"] = "cuda max_memory_allocated delta"
-    except Exception as exc:
-        row.update(status="error", reason=("out of memory: " if _is_oom(exc) else "")
-                   + _short(exc))
-    if row["status"] == "error":  # outside the except block: the traceback is gone
-        del module
-        _free(opts.device)
-        return row
-    try:
-        row["fwdbwd"] = summarize(time_calls(fwd_bwd, opts.device, warmup=opts.warmup,
-                                             repeats=opts.repeats, max_time=opts.max_time))
-        clear()
-        if opts.memory and opts.device.type == "cuda":
-            row["mem_fwdbwd"] = cuda_extra_peak(fwd_bwd, opts.device)
-            clear()
-    except Exception as exc:
-        msg = ("out of memory: " if _is_oom(exc) else "") + _short(exc)
-        row["note"] = (row["note"] + "; " if row["note"] else "") + f"fwd+bwd failed: {msg}"
-    del module, fwd, fwd_bwd, clear
-    kernel = prov.kernel_backend() if opts.kernel_rate else None
+            add_note(row, "non-finite output")
+
+    ran = measure_row(row, prov, case, opts, build, outputs, check=check, train_optional=True)
+    kernel = prov.kernel_backend() if ran and opts.kernel_rate else None
     if kernel is not None:
         try:
             row["kernel"] = positional_kernel_rate(kernel, case, opts.device, warmup=opts.warmup,
                                                    repeats=opts.repeats, max_time=opts.max_time,
                                                    peak_flops=opts.peak_flops)
         except Exception as exc:
-            row["note"] = (row["note"] + "; " if row["note"] else "") + \
-                f"kernel timing failed: {_short(exc)}"
-    _free(opts.device)
+            add_note(row, f"kernel timing failed: {short_error(exc)}")
+        free_memory(opts.device)
     return row
 
 
 def add_errors(rows: list[dict], outputs: dict) -> None:
-    """max |y - y_ref| (eval mode) for providers of one family sharing weights."""
+    """max |y - y_ref| (eval mode) for providers of one family sharing weights (a row whose
+    note says its weights are random is not compared)."""
+    by_name = {row["provider"]: row for row in rows if row["provider"] in outputs}
     fam_ref: dict[str, str] = {}
-    for name, (_, fam, note) in outputs.items():
+    for name, row in by_name.items():
+        fam = row.get("family")
         if fam and fam not in fam_ref:
             fam_ref[fam] = name
-    if "lambda-reference" in outputs:
+    if "lambda-reference" in by_name:
         fam_ref["lambda"] = "lambda-reference"
-    for row in rows:
-        if row["provider"] not in outputs:
-            continue
-        y, fam, note = outputs[row["provider"]]
+    for name, row in by_name.items():
+        fam = row.get("family")
         ref = fam_ref.get(fam)
-        if not fam or ref is None or ref == row["provider"] or note.startswith("random"):
+        if not fam or ref is None or ref == name or row["note"].startswith("random"):
             continue
-        y_ref = outputs[ref][0]
+        y, y_ref = outputs[name], outputs[ref]
         if y.shape == y_ref.shape:
             row["max_abs_err"] = float((y - y_ref).abs().max())
             row["err_vs"] = ref
@@ -205,7 +260,7 @@ def run_all(cases: list[Case], names: list[str], opts: Options,
             add_errors(case_rows, outputs)
         rows += case_rows
         del x, dy, outputs
-        _free(opts.device)
+        free_memory(opts.device)
     if opts.memory and opts.device.type == "cpu":
         todo = [r for r in rows if r["status"] == "ok"]
 
@@ -216,15 +271,14 @@ def run_all(cases: list[Case], names: list[str], opts: Options,
         with ThreadPoolExecutor(max_workers=max(1, opts.mem_jobs)) as pool:
             for row, res in pool.map(job, todo):
                 if "error" in res:
-                    row["note"] = (row["note"] + "; " if row["note"] else "") + res["error"]
+                    add_note(row, res["error"])
                 else:
                     row["mem_fwd"] = res.get("mem_fwd")
                     row["mem_fwdbwd"] = res.get("mem_fwdbwd")
                     row["mem_method"] = "subprocess " + res.get("method", "")
                     row["mem_cpu_isa"] = res.get("cpu_isa")
                     if res.get("variant") != row["variant"]:
-                        row["note"] = (row["note"] + "; " if row["note"] else "") + \
-                            f"memory subprocess ran variant {res.get('variant')}"
+                        add_note(row, f"memory subprocess ran variant {res.get('variant')}")
                 if progress:
                     progress(f"memory {row['case']}: {row['provider']}")
     derive(rows, opts.peak_flops)

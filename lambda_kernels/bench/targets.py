@@ -1,4 +1,4 @@
-"""Performance targets checked on the rows of a run (issue 9 for the layer on CPU, issue 10 for
+"""Performance targets checked on the rows of a run (for the layer on CPU, and for
 the models): each names a case, reads one number from that case's rows, and compares it with a
 threshold. A target whose rows are missing or failed reads "not measured".
 

@@ -13,7 +13,7 @@ default): the window loop of every positional kernel contains MMA instructions f
 inputs (fp32 inputs use IEEE fp32 FMA on purpose: no MMA exists for them without TF32), and no
 kernel spills at its default configuration.
 
-    python -m lambda_kernels.triton.compile_check [--arch 80 90] [--dtypes bf16 fp32]
+    python -m lambda_kernels.tools.compile_check [--arch 80 90] [--dtypes bf16 fp32]
         [--shape headline resnet-14-r23 ...] [--all-configs] [--markdown FILE] [--check]
 
 Must run without TRITON_INTERPRET (the interpreter compiles nothing).
@@ -29,17 +29,14 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ._tiles import unwrap_kernel
+from ..triton._tiles import unwrap_kernel
+from ..bench.op_shapes import named_shapes
+from .launches import op_launches
 
-# (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols): the GPU headline of
-# the benchmarks (lambda-bench --preset gpu-headline) and the LambdaResNet stage shapes.
-SHAPES = {
-    "headline": (32, 4, 16, 1, 64, 56, 56, 23, 23),
-    "resnet-56-r23": (2, 4, 16, 1, 32, 56, 56, 23, 23),
-    "resnet-28-r9": (2, 4, 16, 1, 64, 28, 28, 9, 9),
-    "resnet-14-r23": (2, 4, 16, 1, 128, 14, 14, 23, 23),
-    "global-64": (1, 4, 16, 1, 8, 64, 64, 127, 127),
-}
+# (batch, heads, dim_k, dim_u, dim_v, height, width, table rows, table cols) by name, from the
+# benchmark cases (bench/op_shapes.py): the GPU headline (lambda-bench --preset gpu-headline), the
+# LambdaResNet stage shapes and the global-context seed case.
+SHAPES = named_shapes()
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 POSITIONAL_KERNELS = ("lambda_output_fwd_kernel", "lambda_output_bwd_dq_kernel",
                       "lambda_output_bwd_dvalues_kernel",
@@ -74,31 +71,10 @@ class Report:
         return found
 
 
-def _meta_inputs(shape, dtype):
-    import torch
-    b, heads, k, u, v, hh, ww, rh, rw = shape
-    meta = dict(device="meta", dtype=getattr(torch, DTYPES[dtype]))
-    return (torch.empty(b, heads, k, hh, ww, **meta), torch.empty(b, u, k, hh, ww, **meta),
-            torch.empty(b, u, v, hh, ww, **meta), torch.empty(rh, rw, k, u, **meta),
-            torch.empty(b, k, v, **meta))
-
-
 def launches_for(shape, dtype):
     """Every kernel launch of the four ops for one shape (meta tensors: nothing runs)."""
     import torch
-    from . import content_lambda as content
-    from . import lambda_output as output
-    q, keys, values, table, lam = _meta_inputs(shape, dtype)
-    lam_c = torch.empty_like(lam)
-    stats = torch.empty(keys.shape[:3], device="meta", dtype=torch.float32)
-    y = torch.empty(q.shape[0], q.shape[1], values.shape[2], *q.shape[3:], device="meta",
-                    dtype=q.dtype)
-    launches = content.content_launches(keys, values, lam_c, stats)
-    launches += content.content_backward_launches(lam_c, keys, values, stats,
-                                                  torch.empty_like(keys), torch.empty_like(values))
-    launches += output.forward_launches(q, values, table, lam, y)
-    launches += output.backward_launches(y, q, values, table, lam)[0]
-    return launches
+    return op_launches(shape, getattr(torch, DTYPES[dtype]), "meta")
 
 
 def resolve(launch, all_configs=False):
@@ -301,7 +277,7 @@ def markdown(results) -> str:
     lines = [
         "# Triton kernels: static compile check",
         "",
-        f"`python -m lambda_kernels.triton.compile_check` (triton {triton.__version__}, no GPU): "
+        f"`python -m lambda_kernels.tools.compile_check` (triton {triton.__version__}, no GPU): "
         "every kernel compiled for each architecture and dtype as a launch on the shape "
         "(B, h, k, u, v, H, W, Rh, Rw) compiles it, at its default configuration (the first "
         "autotuning configuration that survives pruning). Registers and spills from `ptxas -v`; "

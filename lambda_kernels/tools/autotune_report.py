@@ -1,10 +1,10 @@
 """Run the Triton autotuner on a GPU over benchmark shapes and report what it chose: for every
 kernel of the lambda op, the configurations it timed, the winner, the winner's time and, for
 the positional kernels, their useful TFLOP/s next to SDPA global attention over the same tokens
-and heads in the same run (the issue-11 target: the positional forward at >= 45% of SDPA's
+and heads in the same run (the GPU target: the positional forward at >= 45% of SDPA's
 TFLOP/s).
 
-    python -m lambda_kernels.triton.autotune_report [--preset gpu-headline resnet]
+    python -m lambda_kernels.tools.autotune_report [--preset gpu-headline resnet]
         [--dtype bfloat16] [--markdown FILE] [--json FILE]
 
 Every configuration that survives pruning is compiled in parallel first (Triton's async compile
@@ -21,57 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ._tiles import unwrap_kernel
+from ..bench.op_shapes import case_shape
+from ..bench.presets import DTYPES, PRESETS
+from ..triton._tiles import unwrap_kernel
+from ..cost import positional_flops
+from .launches import op_launches
 
-# "Useful" work of the positional part in the logit form: per (query, in-image offset, u),
-# h·(k + v) multiply-adds, for each of the four positional kernels.
-POSITIONAL = {"lambda_output_fwd_kernel": "fwd", "lambda_output_bwd_dq_kernel": "dq",
-              "lambda_output_bwd_dvalues_kernel": "dvalues",
-              "lambda_output_bwd_dtable_partial_kernel": "dE"}
-
-
-def case_shape(case) -> tuple:
-    """(B, h, k, u, v, H, W, Rh, Rw) of a lambda_kernels.bench.presets.Case."""
-    side = case.r if case.r is not None else 2 * case.n - 1
-    return (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_out // case.heads,
-            case.height, case.width, side, side)
-
-
-def in_image_taps(height, width, rh, rw) -> int:
-    """Σ over positions of the table offsets that land inside the image."""
-    def per_axis(extent, table):
-        return sum(sum(1 for a in range(table) if 0 <= y + a - table // 2 < extent)
-                   for y in range(extent))
-    return per_axis(height, rh) * per_axis(width, rw)
-
-
-def _inputs(shape, dtype, device):
-    b, heads, k, u, v, hh, ww, rh, rw = shape
-    gen = torch.Generator(device="cpu").manual_seed(0)
-
-    def rand(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen) * scale).to(device=device, dtype=dtype)
-
-    return (rand(b, heads, k, hh, ww), rand(b, u, k, hh, ww), rand(b, u, v, hh, ww),
-            rand(rh, rw, k, u, scale=0.5), rand(b, k, v, scale=0.1))
-
-
-def launches(shape, dtype, device="cuda"):
-    """The kernel launches of the four ops (forward and backward) on random inputs."""
-    from . import content_lambda as content
-    from . import lambda_output as output
-    q, keys, values, table, lam = _inputs(shape, dtype, device)
-    b, heads, _, _, v, hh, ww = shape[:7]
-    lam_c = torch.empty_like(lam)
-    stats = torch.empty(keys.shape[:3], device=device, dtype=torch.float32)
-    y = torch.empty(b, heads, v, hh, ww, device=device, dtype=dtype)
-    dy = torch.randn_like(y)
-    items = content.content_launches(keys, values, lam_c, stats)
-    items += content.content_backward_launches(lam, keys, values, stats, torch.empty_like(keys),
-                                               torch.empty_like(values))
-    items += output.forward_launches(q, values, table, lam, y)
-    items += output.backward_launches(dy, q, values, table, lam)[0]
-    return items
+# The positional kernels: the forward, and the three of the backward (whose summed time the
+# backward's useful FLOP is measured against). Useful FLOP: lambda_kernels.cost (the cheaper
+# association over the in-image taps; the GPU kernels use the logits, the cheaper one on the
+# benchmark shapes).
+POSITIONAL_FORWARD = "lambda_output_fwd_kernel"
+POSITIONAL_BACKWARD = ("lambda_output_bwd_dq_kernel", "lambda_output_bwd_dvalues_kernel",
+                       "lambda_output_bwd_dtable_partial_kernel")
 
 
 def _precompile(items) -> None:
@@ -106,10 +68,10 @@ def sdpa_tflops(shape, dtype) -> tuple[float, float]:
 def tune_case(label, shape, dtype) -> dict:
     import triton.testing
     from triton.runtime.autotuner import Autotuner
-    items = launches(shape, dtype)
+    items = op_launches(shape, dtype, "cuda")
     _precompile(items)
-    b, heads, k, u, v, hh, ww, rh, rw = shape
-    useful = 2 * b * heads * u * in_image_taps(hh, ww, rh, rw) * (k + v)
+    useful = positional_flops(*shape)
+    useful_backward = positional_flops(*shape, backward=True)
     rows = []
     for item in items:
         kernel = item.kernel
@@ -125,33 +87,42 @@ def tune_case(label, shape, dtype) -> dict:
         ms = triton.testing.do_bench(lambda: kernel[item.grid](*item.args, **item.kwargs))
         name = unwrap_kernel(kernel)[2].__name__
         row = dict(kernel=name, best=_config_text(best), ms=ms, timed=timed)
-        if name in POSITIONAL:
+        if name == POSITIONAL_FORWARD:
             row["useful_tflops"] = useful / ms / 1e9
         rows.append(row)
+    backward_ms = sum(r["ms"] for r in rows if r["kernel"] in POSITIONAL_BACKWARD)
     torch.cuda.synchronize()
     sdpa_ms, sdpa_rate = sdpa_tflops(shape, dtype)
     return dict(label=label, shape=shape, dtype=str(dtype), kernels=rows, sdpa_ms=sdpa_ms,
-                sdpa_tflops=sdpa_rate, useful_gflop=useful / 1e9)
+                sdpa_tflops=sdpa_rate, useful_gflop=useful / 1e9,
+                useful_gflop_backward=useful_backward / 1e9, backward_ms=backward_ms,
+                backward_useful_tflops=useful_backward / backward_ms / 1e9 if backward_ms
+                else None)
 
 
 def markdown(results) -> str:
     import triton
     lines = ["# Triton autotuning on the benchmark shapes", "",
-             f"`python -m lambda_kernels.triton.autotune_report` on "
+             f"`python -m lambda_kernels.tools.autotune_report` on "
              f"{torch.cuda.get_device_name()} (torch {torch.__version__}, triton "
-             f"{triton.__version__}). Useful FLOP of a positional kernel: 2·B·h·u·(k+v) per "
-             "in-image (query, offset) pair (the logit form); SDPA: global attention forward "
-             "over the same tokens and heads, head width v.", ""]
+             f"{triton.__version__}). Useful FLOP of the positional part (lambda_kernels.cost): "
+             "2·B·u per in-image (query, offset) pair times min(h·(k+v), k·v) forward, "
+             "min(3·h·k + 2·h·v, 3·k·v) backward (the cheaper association); the backward rate "
+             "is over the summed time of its three positional kernels. SDPA: global attention "
+             "forward over the same tokens and heads, head width v.", ""]
     for result in results:
         fwd = next((r for r in result["kernels"] if r["kernel"] == "lambda_output_fwd_kernel"),
                    None)
         lines += [f"## {result['label']}: (B, h, k, u, v, H, W, Rh, Rw) = {result['shape']}, "
                   f"{result['dtype']}", "",
                   f"SDPA forward {result['sdpa_ms']:.3f} ms, {result['sdpa_tflops']:.0f} TFLOP/s; "
-                  f"positional useful work {result['useful_gflop']:.1f} GFLOP per kernel"
+                  f"positional useful work {result['useful_gflop']:.1f} GFLOP forward, "
+                  f"{result['useful_gflop_backward']:.1f} GFLOP backward"
                   + (f"; positional forward at {fwd['useful_tflops']:.0f} TFLOP/s = "
                      f"{100 * fwd['useful_tflops'] / result['sdpa_tflops']:.0f}% of SDPA's "
-                     "(target >= 45%)" if fwd else ""), "",
+                     "(target >= 45%)" if fwd else "")
+                  + (f"; positional backward at {result['backward_useful_tflops']:.0f} TFLOP/s"
+                     if result["backward_useful_tflops"] else ""), "",
                   "| kernel | chosen config | ms | useful TFLOP/s | configurations timed (ms) |",
                   "|---|---|---|---|---|"]
         for r in result["kernels"]:
@@ -163,7 +134,6 @@ def markdown(results) -> str:
 
 
 def main(argv=None) -> int:
-    from ..bench.presets import DTYPES, PRESETS
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["gpu-headline", "resnet"],
