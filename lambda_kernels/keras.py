@@ -79,9 +79,8 @@ class LambdaLayer(keras.layers.Layer):
         self.local_contexts = r is not None
         self.dim = None  # input channels, known at build
         self.dim_v = None
-        # What the last fused forward ran (torch backend): the lambda_op back end and variant.
+        # The lambda_op back end the last fused forward ran (torch backend), else None.
         self.last_backend: Optional[str] = None
-        self.last_backend_variant: Optional[str] = None
 
     # ----------------------------------------------------------------------------- building
     def build(self, input_shape):
@@ -125,6 +124,9 @@ class LambdaLayer(keras.layers.Layer):
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
+        if len(tuple(input_shape)) != 4:
+            raise ValueError(f"x must have shape (B, H, W, C), got shape {tuple(input_shape)}")
+        self._check_shape(tuple(input_shape))
         b, hh, ww, c = tuple(input_shape)
         dim_out = c if self.dim_out is None else self.dim_out
         s = self.stride
@@ -142,10 +144,14 @@ class LambdaLayer(keras.layers.Layer):
         return keras.backend.backend() == "torch" and self.backend != _KERAS_OPS
 
     def _check_input(self, x) -> None:
-        shape = tuple(x.shape)
-        if len(shape) != 4 or (shape[-1] is not None and shape[-1] != self.dim):
-            raise ValueError(f"x must have shape (B, H, W, C) with C = {self.dim}, got shape "
-                             f"{shape}")
+        self._check_shape(tuple(x.shape))
+
+    def _check_shape(self, shape) -> None:
+        """x's shape (sizes may be None): rank 4, the built channels, H, W within n and >= stride."""
+        if len(shape) != 4 or (self.dim is not None and shape[-1] is not None
+                               and shape[-1] != self.dim):
+            channels = "" if self.dim is None else f" with C = {self.dim}"
+            raise ValueError(f"x must have shape (B, H, W, C){channels}, got shape {shape}")
         for name, size in (("H", shape[1]), ("W", shape[2])):
             if self.stride > 1 and isinstance(size, (int, np.integer)) and size < self.stride:
                 raise ValueError(f"x must have H, W >= stride ({self.stride}) to pool; x has "
@@ -191,7 +197,7 @@ class LambdaLayer(keras.layers.Layer):
 
     def _fused_lambda(self, q, keys, values, kernel, bias):
         """Keras' torch backend: the tensors are torch tensors; run lambda_op on them."""
-        from lambda_kernels.functional import run_backend, select, validate_inputs
+        from lambda_kernels import lambda_op, select_backend
 
         b, hh, ww, _ = q.shape
         h, k, u, v = self.heads, self.dim_k, self.dim_u, self.dim_v
@@ -201,10 +207,10 @@ class LambdaLayer(keras.layers.Layer):
         values5 = values.reshape(b, hh, ww, u, v).permute(0, 3, 4, 1, 2)
         pos_table = kernel.permute(0, 1, 3, 2).to(dtype)  # (Rh, Rw, k, u)
         bias = None if bias is None else bias.to(dtype)
-        validate_inputs(q5, keys5, values5, pos_table, bias)
-        chosen = select(q5, self.backend)
-        self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
-        y = run_backend(chosen.backend, q5, keys5, values5, pos_table, bias)  # (B, h, v, H, W)
+        # Resolve "auto" once, so last_backend names what ran.
+        self.last_backend = select_backend(q5, keys5, values5, pos_table, bias,
+                                           backend=self.backend)
+        y = lambda_op(q5, keys5, values5, pos_table, bias, backend=self.last_backend)
         return y.permute(0, 3, 4, 1, 2).reshape(b, hh, ww, h * v)
 
     def _ops_lambda(self, q, keys, values, kernel, bias, hh, ww):

@@ -266,7 +266,7 @@ def check_dynamic_shapes():
     model = keras.Model(inputs, layer(inputs))
     load_torch_state_dict(layer, tl)
     assert tuple(model.output.shape) == (None, None, None, 6), model.output.shape
-    assert layer.compute_output_shape((None, 9, None, 4)) == (None, 4, None, 6)
+    assert layer.compute_output_shape((None, 7, None, 4)) == (None, 3, None, 6)
     for shape in ((2, 5, 7), (1, 8, 6), (3, 2, 3)):
         x = random_x(cfg, shape=shape)
         y = model.predict(x, verbose=0)
@@ -399,6 +399,9 @@ def check_bad_input():
            "(B, H, W, C)")
     glob = LambdaLayer(dim_k=4, n=4, heads=2)
     raises(lambda: glob(np.zeros((1, 3, 5, 4), np.float32)), ValueError, "n=4", "W=5")
+    raises(lambda: LambdaLayer(dim_k=4, n=4, heads=2)(keras.Input((5, None, 4))), ValueError,
+           "n=4", "H=5")
+    raises(lambda: layer(keras.Input((None, None, 3))), ValueError, "C = 4")
     pooled = LambdaLayer(dim_k=4, r=3, heads=2, stride=2)
     raises(lambda: pooled(np.zeros((1, 1, 4, 4), np.float32)), ValueError, "stride (2)", "H=1")
     raises(lambda: load_torch_state_dict(LambdaLayer(dim_k=4, n=4, heads=2),
