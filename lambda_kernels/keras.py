@@ -19,6 +19,9 @@ Every backend builds the same variables (names, shapes, order), so `save_weights
 loads on another. `torch_state_dict` / `load_torch_state_dict` convert to and from the
 state_dict of the torch LambdaLayer (the same numbers on the same weights).
 
+With tensorflow, torch must be imported first (importing this module does so: it imports
+lambda_kernels, hence torch, before keras); torch imported after tensorflow crashes.
+
 Batch norms follow the torch layer: momentum 0.1 in torch's convention (Keras momentum 0.9),
 epsilon 1e-5; batch statistics in training, moving statistics in inference. (Keras updates
 the moving variance with the biased batch variance, torch with the unbiased one.)

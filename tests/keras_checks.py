@@ -17,13 +17,15 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests/ (harness)
 
-import keras  # noqa: E402
+# torch (lambda_kernels) before keras: importing torch after tensorflow crashes the process.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from keras import ops  # noqa: E402
 
 import lambda_kernels  # noqa: E402
-from harness import FLOOR, assert_close_rule  # noqa: E402
+from harness import assert_close_rule  # noqa: E402
+
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
 from lambda_kernels.keras import LambdaLayer, load_torch_state_dict, torch_state_dict  # noqa: E402
 
 BACKEND = keras.backend.backend()
