@@ -97,7 +97,6 @@ class LambdaLayer(keras.layers.Layer):
             raise ValueError(f"dim_out ({dim_out}, the input channels when not given) must be "
                              f"divisible by heads ({self.heads})")
         self.dim, self.dim_v = dim, dim_out // self.heads
-        self.resolved_dim_out = dim_out
         k, u, v, h = self.dim_k, self.dim_u, self.dim_v, self.heads
         policy = self.dtype_policy
         # Sub-layers and weights are created in one order on every backend: weight files match.
@@ -105,10 +104,10 @@ class LambdaLayer(keras.layers.Layer):
         self.to_k = keras.layers.Conv2D(k * u, 1, use_bias=False, name="to_k", dtype=policy)
         self.to_v = keras.layers.Conv2D(v * u, 1, use_bias=False, name="to_v", dtype=policy)
         # torch BatchNorm2d: running = 0.9 running + 0.1 batch, eps 1e-5.
-        self.norm_q = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="norm_q",
-                                                  dtype=policy)
-        self.norm_v = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="norm_v",
-                                                  dtype=policy)
+        self.norm_q = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                                      name="norm_q", dtype=policy)
+        self.norm_v = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
+                                                      name="norm_v", dtype=policy)
         xshape = (None, None, None, dim)
         self.to_q.build(xshape)
         self.to_k.build(xshape)
@@ -150,7 +149,7 @@ class LambdaLayer(keras.layers.Layer):
         self._check_shape(tuple(x.shape))
 
     def _check_shape(self, shape) -> None:
-        """x's shape (sizes may be None): rank 4, the built channels, H, W within n and >= stride."""
+        """x's shape (sizes may be None): rank 4, the built channels, H, W <= n, >= stride."""
         if len(shape) != 4 or (self.dim is not None and shape[-1] is not None
                                and shape[-1] != self.dim):
             channels = "" if self.dim is None else f" with C = {self.dim}"

@@ -135,6 +135,7 @@ def grads_as_torch(layer, cfg, grads):
     """Keras gradients in the torch layer's names and layouts (through the weight converter)."""
     holder = keras_layer(cfg)
     holder.build((None, None, None, cfg["dim"]))
+    assert len(grads) == len(holder.trainable_variables), (len(grads), holder.trainable_variables)
     for variable, grad in zip(holder.trainable_variables, grads):
         variable.assign(to_numpy(grad))
     return torch_state_dict(holder)
