@@ -46,7 +46,7 @@ padding. The numbers are the GPU headline (bf16, B=32, 56×56, h=4, k=16, v=64, 
 Cw=23, Cp=32, ~20.6 in-image table rows per image row, ~426 in-image taps per query) at each
 kernel's default configuration. The three times are the whole launch at the MMA peak, at L2
 bandwidth, and issuing the SASS instructions of its compiled window loop (sm_90, counted by
-`python -m lambda_kernels.triton.compile_check`) on 4 schedulers × 132 SMs at 1.755 GHz. An
+`python -m lambda_kernels.tools.compile_check`) on 4 schedulers × 132 SMs at 1.755 GHz. An
 H100 does ~990 dense bf16 TFLOP/s, its L2 feeds the SMs at roughly 5.5 TB/s, HBM3 3.35 TB/s.
 
     kernel (T)    MMA FLOP/step          L2 bytes/step                  AI   steps  MMA   L2    time
