@@ -8,7 +8,8 @@ the interpreter cannot do bfloat16 arithmetic). Slow on CPU: meant for testing.
 On CUDA every contraction, the positional window included, is a tl.dot: tensor cores for
 float16/bfloat16, IEEE fp32 products for float32. Tile sizes are autotuned once per shape and
 the choices kept in Triton's on-disk cache (LAMBDA_KERNELS_TRITON_AUTOTUNE=0 runs the default
-tiles). Preferred over the CUDA C++ back end on CUDA (priority 5 against 20).
+tiles). Preferred over the CUDA C++ back end on CUDA (priority 5 against 20); when its kernels
+fail on a device (backends.probe_reason), `auto` falls back to the CUDA back end with a warning.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import sys
 
 import torch
 
-from . import Backend, FusedOps, dtype_reason, register
+from . import Backend, FusedOps, dtype_reason, probe_reason, register
 
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INTERPRETER_DTYPES = (torch.float16, torch.float32)
@@ -69,7 +70,7 @@ def _can_run(device: str, dtype: torch.dtype):
         if dtype not in _INTERPRETER_DTYPES:
             return (f"dtype {dtype} unsupported by the Triton CPU interpreter "
                     "(supports torch.float16, torch.float32)")
-        return None
+        return probe_reason(BACKEND, device, dtype)
     if device != "cuda":
         return f"runs on cuda tensors (or cpu tensors under TRITON_INTERPRET=1), got {device}"
     reason = _triton_import_reason()
@@ -80,7 +81,9 @@ def _can_run(device: str, dtype: torch.dtype):
                 "unset it to run on CUDA tensors")
     if not torch.cuda.is_available():
         return "no CUDA device available"
-    return dtype_reason(BACKEND, dtype)
+    # Last, the kernels themselves on this device: Triton compiles them for the GPU at first use,
+    # and a compile error (an untested architecture or Triton version) makes `auto` fall back.
+    return dtype_reason(BACKEND, dtype) or probe_reason(BACKEND, device, dtype)
 
 
 def _ops() -> FusedOps:
