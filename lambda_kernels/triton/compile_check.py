@@ -13,7 +13,7 @@ default): the window loop of every positional kernel contains MMA instructions f
 inputs (fp32 inputs use IEEE fp32 FMA on purpose: no MMA exists for them without TF32), and no
 kernel spills at its default configuration.
 
-    python -m lambda_kernels.triton.compile_check [--arch 80 90] [--dtypes bf16 fp32]
+    python -m lambda_kernels.triton.compile_check [--arch 80 90 100 120] [--dtypes bf16 fp32]
         [--shape headline resnet-14-r23 ...] [--all-configs] [--markdown FILE] [--check]
 
 Must run without TRITON_INTERPRET (the interpreter compiles nothing).
@@ -355,7 +355,8 @@ def _row(r: Report) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90, 100, 120],
+                        help="compute capabilities, e.g. 90 (Hopper), 100 and 120 (Blackwell)")
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     parser.add_argument("--shape", nargs="+", default=["headline"], choices=sorted(SHAPES),
                         help="shapes to compile for; the first is the one --check and "
