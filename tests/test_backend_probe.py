@@ -86,3 +86,12 @@ def test_auto_falls_back_when_triton_fails_to_compile(triton_first_on_cpu, monke
 def test_probe_failure_is_described_in_one_line():
     exc = RuntimeError("PassManager::run failed\n" + "ir line\n" * 50)
     assert backends.describe_failure(exc) == "RuntimeError: PassManager::run failed"
+
+
+def test_cuda_without_a_kernel_image_says_which_arch_to_build(monkeypatch):
+    from lambda_kernels.backends import cuda as cuda_backend
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (12, 0))
+    why = cuda_backend._explain(RuntimeError(
+        "CUDA error: no kernel image is available for execution on the device"))
+    assert "sm_120" in why and 'LAMBDA_KERNELS_CUDA_ARCHS="12.0"' in why and "+PTX" in why
+    assert cuda_backend._explain(ValueError("other")) == "ValueError: other"
