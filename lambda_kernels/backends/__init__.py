@@ -12,9 +12,10 @@ order, the back ends whose `auto_devices` include the input's device type.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -138,9 +139,11 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def probe_reason(backend: Backend, device_type: str, dtype: torch.dtype,
-                 explain: Callable[[BaseException], str] = describe_failure) -> Reason:
+                 explain: Callable[[BaseException], str] = describe_failure,
+                 setting: Callable[[], Any] = contextlib.nullcontext) -> Reason:
     """None if `backend`'s ops ran on the current `device_type` device in `dtype` (tried once per
-    process), else why not, with a one-line warning the first time."""
+    process, inside the context `setting()`), else why not, with a one-line warning the first
+    time."""
     if device_type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -151,7 +154,8 @@ def probe_reason(backend: Backend, device_type: str, dtype: torch.dtype,
     if _tracing():
         return None
     try:
-        _run_probe(backend.ops(), device, dtype)
+        with setting():
+            _run_probe(backend.ops(), device, dtype)
         reason = None
     except Exception as exc:  # any failure means these kernels do not run on this device
         where = device if device.type != "cuda" else (

@@ -13,6 +13,7 @@ fail on a device (backends.probe_reason), `auto` falls back to the CUDA back end
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -83,7 +84,26 @@ def _can_run(device: str, dtype: torch.dtype):
         return "no CUDA device available"
     # Last, the kernels themselves on this device: Triton compiles them for the GPU at first use,
     # and a compile error (an untested architecture or Triton version) makes `auto` fall back.
-    return dtype_reason(BACKEND, dtype) or probe_reason(BACKEND, device, dtype)
+    reason = dtype_reason(BACKEND, dtype)
+    if reason is not None:
+        return reason
+    return probe_reason(BACKEND, device, dtype, setting=_default_tiles)
+
+
+@contextlib.contextmanager
+def _default_tiles():
+    """The probe's tiny shape runs at the default tiles: autotuning it would compile and time
+    every configuration for a shape nobody uses."""
+    from ..triton._tiles import AUTOTUNE_ENV
+    saved = os.environ.get(AUTOTUNE_ENV)
+    os.environ[AUTOTUNE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[AUTOTUNE_ENV]
+        else:
+            os.environ[AUTOTUNE_ENV] = saved
 
 
 def _ops() -> FusedOps:
