@@ -80,11 +80,11 @@ step() {
         return 0
     fi
     local left=$((BUDGET_S - (SECONDS - started)))
-    [ "$limit" -gt "$left" ] && limit=$left
-    if [ "$limit" -lt 10 ]; then
+    if [ "$left" -lt 10 ]; then
         record "$name" skipped 0 "$limit" "$log" "$kind" "" "out of time (BUDGET_S=$BUDGET_S)"
         return 0
     fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local start=$SECONDS rc
     # `timeout` runs programs, not shell functions: the functions below are exported to a
     # child bash, which timeout stops with everything it started.
@@ -104,7 +104,7 @@ step() {
 # One interpreter start reads everything (importing torch takes seconds on a busy machine).
 {
     echo "git=$(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty)')"
-    echo "host=$(hostname)"
+    echo "host=$(hostname 2>/dev/null || cat /etc/hostname 2>/dev/null || echo unknown)"
     echo "nproc=$(nproc)"
     echo "budget_s=$BUDGET_S"
     if command -v nvidia-smi >/dev/null 2>&1; then
@@ -203,7 +203,8 @@ correctness() {
     if "$PYTHON" -c "import xdist" 2>/dev/null; then
         workers=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))")
     fi
-    LAMBDA_KERNELS_TRITON_AUTOTUNE=0 "$PYTHON" -m pytest "${workers[@]}" -q -ra -p no:cacheprovider \
+    # -v: one line per test as it finishes, so a run cut off by its limit still has figures.
+    LAMBDA_KERNELS_TRITON_AUTOTUNE=0 "$PYTHON" -m pytest "${workers[@]}" -v -ra -p no:cacheprovider \
         --junitxml="$LOGS/correctness-junit.xml" \
         tests/test_backends.py tests/test_triton_backend.py tests/test_cuda_backend.py \
         tests/test_backend_probe.py -k "(triton or cuda or probe) and not emulated"

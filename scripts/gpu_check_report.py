@@ -25,7 +25,9 @@ results.json, schema "lambda-kernels/gpu-check/1":
         seconds  wall seconds; limit_s: its time limit
         log      path of its log inside logs.tar.gz
         figures  what the step measured, by kind (empty when skipped):
-                 pytest:   {passed, failed, errors, skipped, failures: [test ids]}
+                 pytest:   {passed, failed, errors, skipped, failures: [test ids]}, read
+                           from the JUnit XML, or with partial: true from the -v log when
+                           the time limit cut the run off
                  bench:    lambda-bench's JSON (results with ms, TFLOP/s, memory, metadata)
                  autotune: autotune_report's JSON (chosen tiles, ms, useful TFLOP/s, SDPA)
                  memcheck: {errors: int}
@@ -79,14 +81,42 @@ def _read_env(path) -> dict:
     return env
 
 
-def pytest_figures(junit_xml) -> dict:
+_VERBOSE_LINE = re.compile(r"(tests/\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)|"
+                           r"(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(tests/\S+::\S+)")
+_OUTCOME = dict(PASSED="passed", XPASS="passed", FAILED="failed", ERROR="errors",
+                SKIPPED="skipped", XFAIL="skipped")
+
+
+def pytest_log_figures(log) -> dict:
+    """Counts from `pytest -v` lines (with or without xdist), for a run its time limit cut off
+    before the JUnit XML was written."""
+    figures = dict(passed=0, failed=0, errors=0, skipped=0, failures=[], partial=True)
+    if not log or not os.path.exists(log):
+        return figures
+    seen = set()
+    for line in open(log, errors="replace"):
+        match = _VERBOSE_LINE.search(line)
+        if not match:
+            continue
+        test_id = match.group(1) or match.group(4)
+        outcome = _OUTCOME[match.group(2) or match.group(3)]
+        if (test_id, outcome) in seen:
+            continue
+        seen.add((test_id, outcome))
+        figures[outcome] += 1
+        if outcome in ("failed", "errors"):
+            figures["failures"].append(test_id)
+    return figures
+
+
+def pytest_figures(junit_xml, log=None) -> dict:
     figures = dict(passed=0, failed=0, errors=0, skipped=0, failures=[])
     if not junit_xml or not os.path.exists(junit_xml):
-        return figures
+        return pytest_log_figures(log) if log else figures
     try:
         root = ET.parse(junit_xml).getroot()
     except ET.ParseError:  # cut off mid-write by the step's time limit
-        return figures
+        return pytest_log_figures(log) if log else figures
     for case in root.iter("testcase"):
         test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
         if case.find("failure") is not None:
@@ -120,7 +150,7 @@ def json_figures(path):
 
 def figures_for(kind, data, log):
     if kind == "pytest":
-        return pytest_figures(data)
+        return pytest_figures(data, log)
     if kind == "memcheck":
         return memcheck_figures(log)
     if kind in ("bench", "autotune", "backends", "build"):
@@ -151,6 +181,8 @@ def _brief(step) -> str:
     if step["kind"] == "pytest" and figures:
         text = (f"{figures['passed']} passed, {figures['failed']} failed, {figures['errors']} "
                 f"errors, {figures['skipped']} skipped")
+        if figures.get("partial"):
+            text += " before the time limit"
         if figures["failures"]:
             text += "; first failures: " + ", ".join(figures["failures"][:3])
     elif step["kind"] == "memcheck" and figures:

@@ -109,3 +109,15 @@ def test_memcheck_figures(tmp_path):
     assert report.memcheck_figures(str(log)) == {"errors": 3}
     log.write_text("killed before the summary\n")
     assert report.memcheck_figures(str(log)) == {"errors": None}
+
+
+def test_pytest_figures_of_a_run_cut_off_come_from_the_verbose_log(tmp_path):
+    log = tmp_path / "pytest.log"
+    log.write_text(
+        "tests/test_a.py::test_one[x] PASSED                                   [  1%]\n"
+        "[gw1] [  2%] FAILED tests/test_a.py::test_two[y-bfloat16] \n"
+        "[gw0] [  3%] SKIPPED tests/test_b.py::test_three \n"
+        "tests/test_b.py::test_four ERROR\n")
+    assert report.pytest_figures(str(tmp_path / "missing.xml"), str(log)) == dict(
+        passed=1, failed=1, errors=1, skipped=1, partial=True,
+        failures=["tests/test_a.py::test_two[y-bfloat16]", "tests/test_b.py::test_four"])
