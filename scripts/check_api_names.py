@@ -1,5 +1,6 @@
 """Every torch and triton name lambda_kernels and its tools use, looked up in this environment
-(scripts/check_torch_pairing.sh runs it with the GPU host's pairing). Exits 1 naming what is missing."""
+(scripts/check_torch_pairing.sh runs it with the GPU host's pairing). Exits 1 naming what is
+missing."""
 import importlib
 import sys
 

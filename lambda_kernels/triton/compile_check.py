@@ -323,7 +323,8 @@ def markdown(results) -> str:
         "autotuning configuration that survives pruning). Registers and spills from `ptxas -v`; "
         "shared memory from Triton; instruction counts per warp of one iteration of the main "
         "loop (the outermost backward branch; - where the kernel has no loop) from `nvdisasm`: "
-        "MMA = HMMA (mma.sync) + HGMMA (wgmma, sm_90) + UTC*MMA (tcgen05.mma, sm_100), LDG includes cp.async (LDGSTS), LDS includes "
+        "MMA = HMMA (mma.sync) + HGMMA (wgmma, sm_90) + UTC*MMA (tcgen05.mma, sm_100), "
+        "LDG includes cp.async (LDGSTS), LDS includes "
         "LDSM. fp32 inputs use IEEE fp32 products (FFMA) on purpose. On sm_90 one HGMMA is a "
         "whole warpgroup product (64×N×16 per instruction), so its counts are small next to "
         "sm_80's HMMA (16×8×16 per warp).",
