@@ -6,7 +6,8 @@ machine with a CUDA torch and nvcc builds the CUDA kernels too.
 
 Knobs:
   LAMBDA_KERNELS_WITH_CUDA   1 / 0 / auto (default auto)
-  LAMBDA_KERNELS_CUDA_ARCHS  arch list, e.g. "8.0;9.0" (default "8.0;9.0")
+  LAMBDA_KERNELS_CUDA_ARCHS  arch list, e.g. "9.0" (default "8.0;9.0+PTX":
+                             PTX of the newest arch for later GPUs)
   LAMBDA_KERNELS_NO_EXT      1 to build a pure-Python package (kernels JIT-built on first use)
   MAX_JOBS                   parallel compile jobs (torch's knob)
 """

@@ -62,8 +62,14 @@ def cuda_wanted(default: str = "auto") -> tuple[bool, str]:
     return True, f"torch {torch.__version__} with CUDA {torch.version.cuda}, nvcc at {nvcc}"
 
 
+# Machine code for Ampere and Hopper, plus PTX of the newest: the driver compiles that PTX at
+# load time for any later GPU (Blackwell sm_100 / sm_120 and beyond), so the CUDA back end runs
+# there instead of failing with "no kernel image". A GPU host builds only its own arch.
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
 def cuda_arch_list() -> str:
-    return os.environ.get("LAMBDA_KERNELS_CUDA_ARCHS", "8.0;9.0")
+    return os.environ.get("LAMBDA_KERNELS_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
 
 
 def sources(root: str, with_cuda: bool) -> list[str]:

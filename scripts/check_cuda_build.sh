@@ -32,3 +32,18 @@ for op in ops:
     missing += [] if ok else [op]
 sys.exit(f"missing CUDA kernels: {missing}" if missing else 0)
 PY
+# PTX for GPUs newer than the newest arch built (the default arch list ends in +PTX): the driver
+# compiles it at load time, e.g. on Blackwell.
+CUOBJDUMP="$(command -v cuobjdump || true)"
+[ -z "$CUOBJDUMP" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump" ] && CUOBJDUMP="${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump"
+[ -z "$CUOBJDUMP" ] && CUOBJDUMP="$(python -c 'import os, triton.backends.nvidia as n; print(os.path.join(os.path.dirname(n.__file__), "bin", "cuobjdump"))' 2>/dev/null || true)"
+if [ -n "$CUOBJDUMP" ] && [ -x "$CUOBJDUMP" ]; then
+  "$CUOBJDUMP" --list-elf --list-ptx "$SO"
+  archs="$(python -c 'import sys; sys.path.insert(0, "lambda_kernels"); import _build_config as b; print(b.cuda_arch_list())')"
+  ptx="$("$CUOBJDUMP" --list-ptx "$SO")"
+  if [[ "$archs" == *+PTX* ]] && [[ "$ptx" != *"PTX file"* ]]; then
+    echo "arch list $archs asks for PTX but the extension holds none" >&2; exit 1
+  fi
+else
+  echo "cuobjdump not found: PTX not checked"
+fi

@@ -118,6 +118,35 @@ def test_kernels_compile_for_gpu_without_gpu():
     assert "32 kernels compiled, 0 miss a target" in proc.stdout, proc.stdout[-4000:]
 
 
+_BLACKWELL_COMPILE = """
+import sys
+from lambda_kernels.triton import compile_check as cc
+arch = int(sys.argv[1])
+launch = next(l for l in cc.launches_for(cc.SHAPES["headline"], "bf16")
+              if cc.unwrap_kernel(l.kernel)[2].__name__ == "lambda_output_fwd_kernel")
+jit_fn, named, constexprs, options = cc.resolve(launch)[0]
+report = cc.analyse(cc.compile_one(jit_fn, named, constexprs, options, arch), jit_fn.__name__,
+                    arch, "bf16", "")
+print(f"regs={report.registers} loop_mma={report.loop_mix['MMA']} kernel_mma={report.kernel_mma}")
+"""
+
+
+@pytest.mark.parametrize("arch", [100, 120])
+def test_positional_kernel_compiles_for_blackwell_without_gpu(arch):
+    """The positional forward kernel (bf16, headline shape) compiles for sm_100 and sm_120 with
+    the ptxas Triton uses for them, and its window loop holds MMA instructions (tcgen05 on
+    sm_100, mma.sync on sm_120), as the compile check reports them."""
+    if lk_triton is None:
+        pytest.skip(_IMPORT_ERROR)
+    env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _BLACKWELL_COMPILE, str(arch)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    figures = dict(item.split("=") for item in proc.stdout.split())
+    assert int(figures["regs"]) > 0 and int(figures["loop_mma"]) > 0, proc.stdout
+
+
 @pytest.mark.parametrize("shape", ["headline", "resnet-14-r23", "global-64", "tiny-h1"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_pruned_configurations_are_valid_tiles(shape, dtype, monkeypatch):

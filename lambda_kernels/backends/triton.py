@@ -8,16 +8,18 @@ the interpreter cannot do bfloat16 arithmetic). Slow on CPU: meant for testing.
 On CUDA every contraction, the positional window included, is a tl.dot: tensor cores for
 float16/bfloat16, IEEE fp32 products for float32. Tile sizes are autotuned once per shape and
 the choices kept in Triton's on-disk cache (LAMBDA_KERNELS_TRITON_AUTOTUNE=0 runs the default
-tiles). Preferred over the CUDA C++ back end on CUDA (priority 5 against 20).
+tiles). Preferred over the CUDA C++ back end on CUDA (priority 5 against 20); when its kernels
+fail on a device (backends.probe_reason), `auto` falls back to the CUDA back end with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import torch
 
-from . import Backend, FusedOps, dtype_reason, register
+from . import Backend, FusedOps, dtype_reason, probe_reason, register
 
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INTERPRETER_DTYPES = (torch.float16, torch.float32)
@@ -69,7 +71,7 @@ def _can_run(device: str, dtype: torch.dtype):
         if dtype not in _INTERPRETER_DTYPES:
             return (f"dtype {dtype} unsupported by the Triton CPU interpreter "
                     "(supports torch.float16, torch.float32)")
-        return None
+        return probe_reason(BACKEND, device, dtype)
     if device != "cuda":
         return f"runs on cuda tensors (or cpu tensors under TRITON_INTERPRET=1), got {device}"
     reason = _triton_import_reason()
@@ -80,7 +82,28 @@ def _can_run(device: str, dtype: torch.dtype):
                 "unset it to run on CUDA tensors")
     if not torch.cuda.is_available():
         return "no CUDA device available"
-    return dtype_reason(BACKEND, dtype)
+    # Last, the kernels themselves on this device: Triton compiles them for the GPU at first use,
+    # and a compile error (an untested architecture or Triton version) makes `auto` fall back.
+    reason = dtype_reason(BACKEND, dtype)
+    if reason is not None:
+        return reason
+    return probe_reason(BACKEND, device, dtype, setting=_default_tiles)
+
+
+@contextlib.contextmanager
+def _default_tiles():
+    """The probe's tiny shape runs at the default tiles: autotuning it would compile and time
+    every configuration for a shape nobody uses."""
+    from ..triton._tiles import AUTOTUNE_ENV
+    saved = os.environ.get(AUTOTUNE_ENV)
+    os.environ[AUTOTUNE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[AUTOTUNE_ENV]
+        else:
+            os.environ[AUTOTUNE_ENV] = saved
 
 
 def _ops() -> FusedOps:

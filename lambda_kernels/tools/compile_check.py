@@ -13,7 +13,7 @@ default): the window loop of every positional kernel contains MMA instructions f
 inputs (fp32 inputs use IEEE fp32 FMA on purpose: no MMA exists for them without TF32), and no
 kernel spills at its default configuration.
 
-    python -m lambda_kernels.tools.compile_check [--arch 80 90] [--dtypes bf16 fp32]
+    python -m lambda_kernels.tools.compile_check [--arch 80 90 100 120] [--dtypes bf16 fp32]
         [--shape headline resnet-14-r23 ...] [--all-configs] [--markdown FILE] [--check]
 
 Must run without TRITON_INTERPRET (the interpreter compiles nothing).
@@ -132,11 +132,25 @@ def compile_one(jit_fn, named, constexpr_values, options, arch):
     return triton.compile(source, target=target, options=options)
 
 
-def _tool(name):
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton itself assembles `arch` with: newer Triton bundles a second ptxas for
+    Blackwell (get_ptxas takes the arch), older ones one ptxas for every arch."""
+    import inspect
     from triton.backends.nvidia import compiler
+    get_ptxas = compiler.get_ptxas
+    takes_arch = bool(inspect.signature(get_ptxas).parameters)
+    return (get_ptxas(arch) if takes_arch else get_ptxas()).path
+
+
+def _tool(name, arch: int = 90):
     if name == "ptxas":
-        return compiler.get_ptxas(90).path
-    return os.path.join(os.path.dirname(compiler.get_ptxas(90).path), name)
+        return _ptxas(arch)
+    # nvdisasm: Triton's knob when it has one (it follows TRITON_NVDISASM_PATH), else the one
+    # bundled beside ptxas.
+    import triton
+    knob = getattr(getattr(getattr(triton, "knobs", None), "nvidia", None), name, None)
+    path = getattr(knob, "path", None)
+    return path or os.path.join(os.path.dirname(_ptxas(90)), name)
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict:
@@ -146,7 +160,7 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
         path = os.path.join(tmp, "kernel.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        proc = subprocess.run([_tool("ptxas"), "-lineinfo", "-v", "--regAllocOptLevel=2",
+        proc = subprocess.run([_tool("ptxas", arch), "-lineinfo", "-v", "--regAllocOptLevel=2",
                                f"--gpu-name={sm_arch_from_capability(arch)}", path, "-o",
                                os.path.join(tmp, "kernel.cubin")],
                               capture_output=True, text=True, check=True)
@@ -197,7 +211,9 @@ def sass_instructions(cubin: bytes) -> tuple[list[str], list[tuple[int, int]]]:
 def instruction_mix(mnemonics) -> Counter:
     mix = Counter()
     for op in mnemonics:
-        if op in ("HMMA", "HGMMA", "IMMA", "WGMMA"):
+        # mma.sync (HMMA/IMMA), Hopper's wgmma (HGMMA), Blackwell's tcgen05.mma (UTC*MMA)
+        if op in ("HMMA", "HGMMA", "IMMA", "WGMMA") or (op.startswith("UTC") and
+                                                         op.endswith("MMA")):
             mix["MMA"] += 1
         elif op in MIX_COLUMNS:
             mix[op] += 1
@@ -283,7 +299,8 @@ def markdown(results) -> str:
         "autotuning configuration that survives pruning). Registers and spills from `ptxas -v`; "
         "shared memory from Triton; instruction counts per warp of one iteration of the main "
         "loop (the outermost backward branch; - where the kernel has no loop) from `nvdisasm`: "
-        "MMA = HMMA (mma.sync) + HGMMA (wgmma), LDG includes cp.async (LDGSTS), LDS includes "
+        "MMA = HMMA (mma.sync) + HGMMA (wgmma, sm_90) + UTC*MMA (tcgen05.mma, sm_100), "
+        "LDG includes cp.async (LDGSTS), LDS includes "
         "LDSM. fp32 inputs use IEEE fp32 products (FFMA) on purpose. On sm_90 one HGMMA is a "
         "whole warpgroup product (64×N×16 per instruction), so its counts are small next to "
         "sm_80's HMMA (16×8×16 per warp).",
@@ -315,7 +332,8 @@ def _row(r: Report) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90, 100, 120],
+                        help="compute capabilities, e.g. 90 (Hopper), 100 and 120 (Blackwell)")
     parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp32"], choices=sorted(DTYPES))
     parser.add_argument("--shape", nargs="+", default=["headline"], choices=sorted(SHAPES),
                         help="shapes to compile for; the first is the one --check and "
