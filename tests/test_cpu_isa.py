@@ -40,7 +40,7 @@ def _cpu_flags() -> set[str]:
 def test_levels_for_this_architecture_lowest_first():
     levels = lambda_kernels.cpu_isa_levels()
     if X86:
-        assert list(levels) == ["baseline", "avx2", "avx512"]
+        assert list(levels) == ["baseline", "avx2", "avx512", "avx512_bf16"]
         assert levels["baseline"] is None  # every x86-64 CPU has SSE2
     else:
         assert list(levels) == ["neon"] and levels["neon"] is None
@@ -52,11 +52,16 @@ def test_detected_support_agrees_with_the_kernel_cpu_flags():
     levels = lambda_kernels.cpu_isa_levels()
     has_avx2 = {"avx2", "fma"} <= flags
     has_avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags
+    has_avx512_bf16 = has_avx512 and "avx512_bf16" in flags
     assert (levels["avx2"] is None) == has_avx2
     assert (levels["avx512"] is None) == has_avx512
+    assert (levels["avx512_bf16"] is None) == has_avx512_bf16
     if not has_avx512:
         assert "avx512f" in levels["avx512"] or "avx512" in levels["avx512"]
-    best = "avx512" if has_avx512 else "avx2" if has_avx2 else "baseline"
+    if not has_avx512_bf16:  # the refusal names what is missing
+        assert "avx512_bf16" in levels["avx512_bf16"] or "avx512f" in levels["avx512_bf16"]
+    best = ("avx512_bf16" if has_avx512_bf16 else "avx512" if has_avx512 else
+            "avx2" if has_avx2 else "baseline")
     if os.environ.get("LAMBDA_KERNELS_CPU_ISA") is None:
         assert lambda_kernels.cpu_isa() == best
 
