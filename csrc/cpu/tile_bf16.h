@@ -25,8 +25,9 @@
 // as its bf16 operand; rounded exactly where the bf16 reference rounds them).
 //
 // Registers (32 zmm): MA·MB accumulators + the interleave index + 1 operand of A + MB of B;
-// tile 4 × 6 with the broadcast B folded into vdpbf16ps as an embedded broadcast (24 + 1 + 1 +
-// spare), 4 × 5 when B is a vector or a non-adjacent pair built in a register (20 + 1 + 1 + 5).
+// tile 4 × 6 with an adjacent broadcast B folded into vdpbf16ps as an embedded broadcast
+// (24 + 1 + 1 + spare), 4 × 5 when B is a vector or a pair built from two word broadcasts
+// (20 + 1 + 1 + 5), 4 × 4 when A is such a built pair (its temporaries; 4 × 5 spills).
 //
 // Included by kernels.inc after tile.h on levels that define LK_BF16_PAIRS.
 
@@ -45,8 +46,10 @@ LK_INLINE __m512i pair_index() {
 
 LK_INLINE __m512i load_words(const bf16* p) { return _mm512_loadu_si512(p); }
 
-LK_INLINE uint32_t scalar_pair(const bf16* p, int64_t step) {
-  return uint32_t(p[0].x) | (uint32_t(p[step].x) << 16);
+// The words at p and p + step as a pair in every lane: two word broadcasts, interleaved
+// (no general-purpose registers: the tile loops need all of them for addresses).
+LK_INLINE __m512i broadcast_pair(const bf16* p, int64_t step) {
+  return _mm512_unpacklo_epi16(_mm512_set1_epi16(short(p[0].x)), _mm512_set1_epi16(short(p[step].x)));
 }
 LK_INLINE uint32_t adjacent_pair(const bf16* p) {
   uint32_t pair;
@@ -62,7 +65,7 @@ LK_INLINE __m512i load_pair(const bf16* p, int64_t step, __m512i index) {
   } else if constexpr (kAdjacent) {
     return _mm512_set1_epi32(int(adjacent_pair(p)));
   } else {
-    return _mm512_set1_epi32(int(scalar_pair(p, step)));
+    return broadcast_pair(p, step);
   }
 }
 
@@ -132,7 +135,8 @@ void pair_tile_kernel(const PairTileRun<C> run) {
       for (int64_t s1 = 0; s1 < n1; ++s1) {
         const bf16* pa = a + s0 * a_step0 + s1 * a_step1;
         const bf16* pb = b + s0 * b_step0 + s1 * b_step1;
-        for (int64_t s2 = 0; s2 < pairs; ++s2, pa += 2 * a_step2, pb += 2 * b_step2) {
+        // counted down to zero: no register or stack slot for the bound
+        for (int64_t s2 = pairs; s2 > 0; --s2, pa += 2 * a_step2, pb += 2 * b_step2) {
           __m512i bv[MB];
 #pragma GCC unroll 8
           for (int j = 0; j < MB; ++j) bv[j] = load_pair<LB, kAdjacentB>(pb + j * b_lane, b_step2, index);
@@ -166,7 +170,8 @@ void pair_tile_kernel(const PairTileRun<C> run) {
 
 // Tile columns per operand kind (register budget above).
 template <Load LA, Load LB, bool kAdjacent>
-constexpr int kPairTileCols = (LB == Load::kBroadcast && kAdjacent) ? 6 : 5;
+constexpr int kPairTileCols = (LB == Load::kBroadcast && kAdjacent) ? 6
+                              : (LA == Load::kBroadcast && !kAdjacent) ? 4 : 5;
 constexpr int kPairTileRows = 4;
 
 template <typename C>
@@ -264,7 +269,11 @@ LK_INLINE float dot_bf16(const bf16* a, const bf16* b, int64_t n) {
     acc0 = dot_pairs(acc0, _mm512_maskz_loadu_epi16(mask, a + m),
                      _mm512_maskz_loadu_epi16(mask, b + m));
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  float lanes[16];
+  _mm512_storeu_ps(lanes, _mm512_add_ps(acc0, acc1));
+  float sum = 0;
+  for (float lane : lanes) sum += lane;
+  return sum;
 }
 
 // The bits of x rounded to bf16 (nearest even).
