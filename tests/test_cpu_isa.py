@@ -135,3 +135,23 @@ def test_compiled_kernels_pass_the_disassembly_checks():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "OK" in proc.stdout
+
+
+@pytest.mark.skipif(lambda_kernels.cpu_isa_levels().get("avx512_bf16", "absent") is not None,
+                    reason="this CPU or build lacks the avx512_bf16 level")
+def test_bf16_level_runs_other_dtypes_on_the_avx512_code():
+    """avx512_bf16 changes only bf16 inputs: fp32 outputs and gradients are bit-identical to
+    the avx512 level's (same tile, same order); bf16 ones go through the pair kernel (values:
+    tests/test_backends.py, target cpu-avx512_bf16)."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(2, 3, 5, 6, 7), (2, 2, 5, 6, 7), (2, 2, 4, 6, 7), (5, 5, 5, 2)]
+    q, keys, values, table = (torch.randn(*s, generator=g) for s in shapes)
+    results = []
+    for level in ("avx512", "avx512_bf16"):
+        leaves = [t.clone().requires_grad_() for t in (q, keys, values, table)]
+        with lambda_kernels.use_cpu_isa(level):
+            y = lambda_kernels.lambda_op(*leaves, backend="cpu")
+            y.backward(torch.ones_like(y))
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
