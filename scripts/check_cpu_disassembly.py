@@ -1,11 +1,11 @@
 """Static checks of the compiled CPU kernels, read from the disassembly (objdump):
 
-1. Every register tile (tile_kernel<...> of each instruction-set level) keeps its operands in
-   registers: no stack access (spill or reload) inside the innermost loop that does the
-   multiply-adds.
+1. Every register tile (tile_kernel<...> of each instruction-set level, and the bf16
+   pair_tile_kernel<...> of the levels that have one) keeps its operands in registers: no stack
+   access (spill or reload) inside the innermost loop that does the multiply-adds.
 2. Wide instructions stay inside the code compiled for them: a function that touches a zmm
-   register belongs to the avx512 kernels, one that touches a ymm register to the avx2 or avx512
-   kernels. Anything else would be executed on CPUs that lack the instructions.
+   register belongs to the avx512 or avx512_bf16 kernels, one that touches a ymm register to
+   the avx2, avx512 or avx512_bf16 kernels. Anything else would be executed on CPUs that lack the instructions.
 
     python scripts/check_cpu_disassembly.py lambda_kernels/_C*.so
     python scripts/check_cpu_disassembly.py --objdump aarch64-linux-gnu-objdump isa_neon.o
@@ -24,9 +24,10 @@ FUNCTION = re.compile(r"^[0-9a-f]+ <(?P<name>.+)>:$")
 INSTRUCTION = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+(?P<text>.+)$")
 BRANCH = re.compile(r"^(j[a-z]+|b\.[a-z]+|b|cbn?z|tbn?z)\s+(?:[a-z0-9]+,\s*)*(?:#?\d+,\s*)?"
                     r"(?P<target>[0-9a-f]+)\b")
-MULTIPLY_ADD = re.compile(r"^(vfn?madd|fmla|mulp[sd]|fmul)")
+MULTIPLY_ADD = re.compile(r"^(vfn?madd|vdpbf16ps|fmla|mulp[sd]|fmul)")
 STACK = re.compile(r"\(%rsp\)|\(%rbp\)|%rsp,|\[sp\b|\[x29\b")
-LEVELS = {"zmm": ("::avx512::",), "ymm": ("::avx2::", "::avx512::")}
+LEVELS = {"zmm": ("::avx512::", "::avx512_bf16::"),
+          "ymm": ("::avx2::", "::avx512::", "::avx512_bf16::")}
 
 
 @dataclass
@@ -69,9 +70,10 @@ def innermost_multiply_add_loops(fn: Function) -> list[list[str]]:
     return loops
 
 
-# A CPU register tile: lambda_kernels::cpu::<level>::tile_kernel<...> (not its cold split-off
-# part, which holds no loop; not the CUDA kernels' host stubs, also named *tile_kernel).
-CPU_TILE = re.compile(r"::cpu::(\w+)::tile_kernel<(?!.*\[clone \.cold\])")
+# A CPU register tile: lambda_kernels::cpu::<level>::tile_kernel<...> or ::pair_tile_kernel<...>
+# (not its cold split-off part, which holds no loop; not the CUDA kernels' host stubs, also
+# named *tile_kernel).
+CPU_TILE = re.compile(r"::cpu::(\w+)::(?:pair_)?tile_kernel<(?!.*\[clone \.cold\])")
 
 
 def check(functions: list[Function]) -> list[str]:

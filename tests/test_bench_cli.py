@@ -250,8 +250,10 @@ def test_targets_preset_on_tiny_shapes():
         assert 0 < kernel["frac_peak_fwd"] and 0 < kernel["frac_peak_fwdbwd"]
     assert "kernel" not in rows[("seed-local", "lambda-networks")]
     names = [t["name"] for t in res["targets"]]
-    assert len(names) == 9 and any("positional kernel backward" in n for n in names)
-    assert all(t["status"].startswith("not comparable: dim=8 (target at 32)")
+    # seed cases 9, seed-local bf16 3, three stage shapes: fp32 2 and bf16 2 each
+    assert len(names) == 24 and any("positional kernel backward" in n for n in names)
+    assert any("vs our fp32 layer" in n for n in names)
+    assert all(t["status"].startswith("not comparable: dim=8 (target at ")
                for t in res["targets"])
 
 
@@ -276,6 +278,19 @@ def test_target_evaluation():
     assert got["14x14/512 r=9 fwd+bwd speed-up vs lambda-networks"]["status"] == "not measured"
     assert len(got) == 4 and all(t["threads"] == 2 for t in got.values())
     assert T.evaluate(T.LAYER_TARGETS, rows, cases, "cuda", 2) == []
+
+
+def test_target_against_another_case():
+    """bf16 vs our fp32 layer: a target that reads the rows of a second case."""
+    cases = [c for c in PRESETS["targets"].cases if c.label.startswith("14x14/512 r=9")]
+    rows = [_row("14x14/512 r=9", "lambda-cpu", fwdbwd=2.0),
+            _row("14x14/512 r=9 bf16", "lambda-cpu", fwdbwd=1.0),
+            _row("14x14/512 r=9 bf16", "lambda-networks", fwdbwd=2.5)]
+    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2)}
+    fp32 = got["14x14/512 r=9 bf16 fwd+bwd speed-up vs our fp32 layer"]
+    assert fp32["measured"] == pytest.approx(2.0) and fp32["status"] == "pass"
+    upstream = got["14x14/512 r=9 bf16 fwd+bwd speed-up vs lambda-networks"]
+    assert upstream["measured"] == pytest.approx(2.5) and upstream["status"] == "fail"
 
 
 TRAIN_FAST = ["train", "--image-size", "64", "--batch", "2", "--repeats", "1", "--warmup", "0",

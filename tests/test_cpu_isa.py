@@ -40,7 +40,7 @@ def _cpu_flags() -> set[str]:
 def test_levels_for_this_architecture_lowest_first():
     levels = lambda_kernels.cpu_isa_levels()
     if X86:
-        assert list(levels) == ["baseline", "avx2", "avx512"]
+        assert list(levels) == ["baseline", "avx2", "avx512", "avx512_bf16"]
         assert levels["baseline"] is None  # every x86-64 CPU has SSE2
     else:
         assert list(levels) == ["neon"] and levels["neon"] is None
@@ -52,11 +52,16 @@ def test_detected_support_agrees_with_the_kernel_cpu_flags():
     levels = lambda_kernels.cpu_isa_levels()
     has_avx2 = {"avx2", "fma"} <= flags
     has_avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags
+    has_avx512_bf16 = has_avx512 and "avx512_bf16" in flags
     assert (levels["avx2"] is None) == has_avx2
     assert (levels["avx512"] is None) == has_avx512
+    assert (levels["avx512_bf16"] is None) == has_avx512_bf16
     if not has_avx512:
         assert "avx512f" in levels["avx512"] or "avx512" in levels["avx512"]
-    best = "avx512" if has_avx512 else "avx2" if has_avx2 else "baseline"
+    if not has_avx512_bf16:  # the refusal names what is missing
+        assert "avx512_bf16" in levels["avx512_bf16"] or "avx512f" in levels["avx512_bf16"]
+    best = ("avx512_bf16" if has_avx512_bf16 else "avx512" if has_avx512 else
+            "avx2" if has_avx2 else "baseline")
     if os.environ.get("LAMBDA_KERNELS_CPU_ISA") is None:
         assert lambda_kernels.cpu_isa() == best
 
@@ -130,3 +135,23 @@ def test_compiled_kernels_pass_the_disassembly_checks():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "OK" in proc.stdout
+
+
+@pytest.mark.skipif(lambda_kernels.cpu_isa_levels().get("avx512_bf16", "absent") is not None,
+                    reason="this CPU or build lacks the avx512_bf16 level")
+def test_bf16_level_runs_other_dtypes_on_the_avx512_code():
+    """avx512_bf16 changes only bf16 inputs: fp32 outputs and gradients are bit-identical to
+    the avx512 level's (same tile, same order); bf16 ones go through the pair kernel (values:
+    tests/test_backends.py, target cpu-avx512_bf16)."""
+    g = torch.Generator().manual_seed(3)
+    shapes = [(2, 3, 5, 6, 7), (2, 2, 5, 6, 7), (2, 2, 4, 6, 7), (5, 5, 5, 2)]
+    q, keys, values, table = (torch.randn(*s, generator=g) for s in shapes)
+    results = []
+    for level in ("avx512", "avx512_bf16"):
+        leaves = [t.clone().requires_grad_() for t in (q, keys, values, table)]
+        with lambda_kernels.use_cpu_isa(level):
+            y = lambda_kernels.lambda_op(*leaves, backend="cpu")
+            y.backward(torch.ones_like(y))
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -21,6 +21,7 @@ enum class CpuIsa : int {
   kAvx2 = 1,      // x86-64: AVX2 + FMA (Haswell, Zen 1 and later)
   kAvx512 = 2,    // x86-64: AVX-512 F/BW/VL/DQ + FMA (Skylake-X, Ice Lake, Zen 4 and later)
   kNeon = 3,      // aarch64: ASIMD (every aarch64 CPU: Graviton, Ampere, Apple silicon)
+  kAvx512Bf16 = 4,  // x86-64: avx512 + AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later)
 };
 
 // The CPU entry points of one level. Inputs are contiguous and checked by the op wrappers
@@ -46,6 +47,7 @@ struct CpuKernels {
 const CpuKernels& kernels_baseline();
 const CpuKernels& kernels_avx2();
 const CpuKernels& kernels_avx512();
+const CpuKernels& kernels_avx512_bf16();
 #endif
 #if defined(__aarch64__)
 const CpuKernels& kernels_neon();

@@ -28,13 +28,14 @@ const char* isa_name(CpuIsa isa) {
     case CpuIsa::kAvx2: return "avx2";
     case CpuIsa::kAvx512: return "avx512";
     case CpuIsa::kNeon: return "neon";
+    case CpuIsa::kAvx512Bf16: return "avx512_bf16";
   }
   return "unknown";
 }
 
 std::vector<CpuIsa> compiled_isas() {
 #if defined(__x86_64__) || defined(_M_X64)
-  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512};
+  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16};
 #elif defined(__aarch64__)
   return {CpuIsa::kNeon};
 #else
@@ -52,6 +53,9 @@ std::string isa_unsupported_reason(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kBaseline:
       break;
+    case CpuIsa::kAvx512Bf16:
+      need(__builtin_cpu_supports("avx512bf16"), "avx512_bf16");
+      [[fallthrough]];
     case CpuIsa::kAvx512:
       need(__builtin_cpu_supports("avx512f"), "avx512f");
       need(__builtin_cpu_supports("avx512bw"), "avx512bw");
@@ -74,10 +78,11 @@ std::string isa_unsupported_reason(CpuIsa isa) {
 namespace {
 
 CpuIsa parse_isa(const std::string& name, const char* where) {
-  for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kNeon})
+  for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16,
+                     CpuIsa::kNeon})
     if (name == isa_name(isa)) return isa;
   TORCH_CHECK(false, where, ": unknown CPU instruction-set level '", name,
-              "'; choose one of baseline, avx2, avx512 (x86-64), neon (aarch64)");
+              "'; choose one of baseline, avx2, avx512, avx512_bf16 (x86-64), neon (aarch64)");
 }
 
 CpuIsa checked(CpuIsa isa, const char* where) {
@@ -123,6 +128,7 @@ const CpuKernels& active_kernels() {
     case CpuIsa::kBaseline: return kernels_baseline();
     case CpuIsa::kAvx2: return kernels_avx2();
     case CpuIsa::kAvx512: return kernels_avx512();
+    case CpuIsa::kAvx512Bf16: return kernels_avx512_bf16();
 #endif
 #if defined(__aarch64__)
     case CpuIsa::kNeon: return kernels_neon();

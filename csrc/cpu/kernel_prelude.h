@@ -15,8 +15,13 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>  // intrinsics of the bf16 micro-kernel; each carries its own target
+#endif
 
 #include "../lambda_math.h"
 #include "isa.h"

@@ -132,7 +132,8 @@ constexpr auto kTileKernels =
 
 // C (rows × cols vectors) (+)= the reduction, in register tiles. Operands and C advance by
 // their lane (A: per row, B: per column) and row / col strides from tile to tile.
-template <typename T, Load LA, Load LB>
+template <typename T, Load LA, Load LB,
+          std::enable_if_t<!std::is_same_v<T, at::BFloat16>, int> = 0>
 void tile_gemm(int64_t rows, int64_t cols, const Accumulator<T>& c, bool accumulate,
                const Operand<T>& a, const Operand<T>& b, const Reduction& r) {
   if (r.count[0] <= 0 || r.count[1] <= 0 || r.count[2] <= 0) {

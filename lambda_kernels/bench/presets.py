@@ -126,7 +126,14 @@ PRESETS: dict[str, Preset] = {
         [Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=4, r=23,
               label="seed-local"),
          Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=1, r=None, n=64,
-              label="seed-global")],
+              label="seed-global"),
+         # bf16 (module and inputs in bf16): against lambda-networks in bf16 and our fp32 rows
+         Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=4, r=23,
+              dtype="bfloat16", label="seed-local bf16")]
+        + [Case(batch=2, dim=c, height=s, width=s, dim_k=16, heads=4, dim_u=1, r=r, dtype=dt,
+                label=f"{s}x{s}/{c} r={r}" + (" bf16" if dt == "bfloat16" else ""))
+           for s, c, r in ((56, 128, 23), (28, 256, 9), (14, 512, 9))
+           for dt in ("float32", "bfloat16")],
         repeats=5, warmup=1, max_time=5.0, providers=("lambda-cpu", "lambda-networks"),
         kernel_rate=True),
     "resnet": Preset(

@@ -28,6 +28,8 @@ class Target:
     unit: str = "x"
     device: str = "cpu"                        # device type where the target applies
     requires: tuple = ()                       # (field, value) pairs the case must have
+    # a second case whose rows `measure` also sees, as "<case>:<provider>"
+    other_case: Optional[str] = None
 
 
 def _median(row: Optional[dict], mode: str) -> Optional[float]:
@@ -83,6 +85,24 @@ def _layer_targets() -> list[Target]:
             out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / torch.mm",
                               case, kernel_fraction(fused, mode), 0.60, unit="%",
                               requires=shape))
+    # bf16: the positional kernel against 2x the fp32 torch.mm rate (a CPU with AVX512_BF16 and
+    # no AMX: 60% of 2x = 1.2x; the run's torch.mm rate is fp32 on CPU), the layer against
+    # lambda-networks in bf16, and against our own fp32 layer at the same shape.
+    case = "seed-local bf16"
+    shape = _shape_of("targets", case)
+    out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
+                      ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape))
+    for mode, label in (("fwd", "forward"), ("fwdbwd", "backward")):
+        out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / fp32 torch.mm",
+                          case, kernel_fraction(fused, mode), 1.20, unit="%", requires=shape))
+    for case in (c.label for c in PRESETS["targets"].cases
+                 if c.label[0].isdigit() and c.label.endswith(" bf16")):  # stage shapes
+        shape, fp32_case = _shape_of("targets", case), case[:-len(" bf16")]
+        out += [Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
+                       ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape),
+                Target(f"{case} fwd+bwd speed-up vs our fp32 layer", case,
+                       ratio(f"{fp32_case}:{fused}", fused, "fwdbwd"), 1.8, requires=shape,
+                       other_case=fp32_case)]
     for case in (c.label for c in PRESETS["resnet"].cases):
         shape = _shape_of("resnet", case)
         out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
@@ -139,7 +159,11 @@ def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: 
     for target in targets:
         if target.case not in shapes or target.device != device_type:
             continue
-        value = target.measure(by_case.get(target.case, {}))
+        case_rows = dict(by_case.get(target.case, {}))
+        if target.other_case is not None:
+            case_rows.update({f"{target.other_case}:{p}": r
+                              for p, r in by_case.get(target.other_case, {}).items()})
+        value = target.measure(case_rows)
         changed = [f"{k}={shapes[target.case].get(k)!r} (target at {v!r})"
                    for k, v in target.requires if shapes[target.case].get(k) != v]
         if changed:
