@@ -9,7 +9,7 @@
 //   dkeys[b,u,k,m]   = σ · (dσ − rowdot)
 //   dvalues[b,u,v,m] = Σ_k σ[b,u,k,m] · dλc[b,k,v]
 //
-// Same semantics as csrc/cpu/content_lambda.cpp. Accumulation in at::opmath_type (float for
+// Same semantics as csrc/cpu/content_lambda_kernels.inc. Accumulation in at::opmath_type (float for
 // half/bfloat16/float, double for double); stats in float32 (float64 for double inputs).
 // Every reduction is deterministic: block-level partials (SoftmaxRow merges, partial sums over
 // fixed position chunks) combined in a fixed order; no atomics.
