@@ -1,5 +1,6 @@
 """lambda-bench end to end on the tiny preset (fast: no peak/memory except where tested)."""
 import csv
+import itertools
 import json
 import math
 import os
@@ -346,3 +347,29 @@ def test_plotting_libraries_are_an_extra():
     assert not names & {"rich", "matplotlib"}
     assert {"rich", "matplotlib"} <= set(project["optional-dependencies"]["bench"])
     assert project["scripts"]["lambda-bench"] == "lambda_kernels.bench.cli:main"
+
+
+def test_video_preset_on_tiny_shapes():
+    """The 3-D rows: LambdaLayer3d (fused and reference, same weights), Conv3d 3x3x3 and SDPA
+    over T·H·W on one video case; the video providers refuse image cases."""
+    res = cli.run_cli(["--preset", "video", "--device", "cpu", "--no-memory", "--no-peak",
+                       "--threads", "1", "--repeats", "2", "--warmup", "0", "--no-progress",
+                       "--dim", "8", "--size", "5x6", "--heads", "2", "--r", "3"])
+    rows = {r["provider"]: r for r in res["results"]}
+    case = res["results"][0]["shape"]
+    assert case["frames"] == 8 and case["rt"] == 3
+    for name in ("lambda3d-reference", "conv3d-3x3x3", "mhsa3d") + (
+            ("lambda3d-cpu",) if _cpu_variant() is not None else ()):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert rows[name]["out_shape"] == [1, 8, 8, 5, 6]
+        assert rows[name]["flops_fwd"] > 0
+    if _cpu_variant() is not None:
+        assert rows["lambda3d-cpu"]["err_vs"] == "lambda3d-reference"
+        assert rows["lambda3d-cpu"]["max_abs_err"] < 1e-4
+    assert "needs a video case" in P.get("conv3d-3x3x3").unavailable(TINY, torch.device("cpu"))
+    assert "lambda3d-cpu" not in P.default_names()
+    # in-volume window pairs against a brute-force count
+    brute = sum(1 for t, i, j, a, b, c in itertools.product(
+        range(2), range(3), range(4), range(-1, 2), range(-2, 3), range(-1, 2))
+        if 0 <= t + a < 2 and 0 <= i + b < 3 and 0 <= j + c < 4)
+    assert P.window_pairs3d(2, 3, 4, 3, 5, 3) == brute

@@ -90,7 +90,7 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         y = fwd()
         row["backend"], row["variant"] = prov.ran(module, opts.device)
         row["out_shape"] = list(y.shape)
-        expected = [case.batch, case.dim_out, case.height, case.width]
+        expected = [case.batch, case.dim_out, *case.spatial]
         if list(y.shape) != expected:
             raise RuntimeError(f"wrong output shape {tuple(y.shape)}, expected {tuple(expected)}")
         if not torch.isfinite(y).all():
