@@ -29,12 +29,13 @@ dense and contiguous, whatever the back end (see _DenseGradient).
 from __future__ import annotations
 
 import os
+import sys
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-from . import backends
+from . import _op_registrations, backends
 
 ENV_BACKEND = "LAMBDA_KERNELS_BACKEND"
 
@@ -121,6 +122,21 @@ def _constant_while_tracing(fn):
 
 @_constant_while_tracing
 def _select(requested: str, device_type: str, dtype: torch.dtype) -> Selection:
+    # Probing back ends calls ops that return strings (the CPU level): made outside any
+    # torch.jit.trace (which cannot record them) and any torch.export / make_fx tracing mode
+    # (which would put them in the graph).
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    tracing_state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        with _disable_current_modes():
+            return _select_untraced(requested, device_type, dtype)
+    finally:
+        torch._C._set_tracing_state(tracing_state)
+
+
+def _select_untraced(requested: str, device_type: str, dtype: torch.dtype) -> Selection:
     name = requested
     if name == "auto":
         name = os.environ.get(ENV_BACKEND, "auto") or "auto"
@@ -179,27 +195,68 @@ class _DenseGradient(torch.autograd.Function):
     gradients by construction."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(x):
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, grad):
         return grad.contiguous()
 
 
+class _DenseGradientEager(_DenseGradient):
+    """The same in eager mode, with the jvp and vmap rule torch.func needs (torch.compile
+    traces the plain one: Dynamo does not trace autograd.Functions that define jvp)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent
+
+
 def _dense_gradients(*tensors):
-    return [t if t is None or not t.requires_grad else _DenseGradient.apply(t) for t in tensors]
+    dense = _DenseGradient if torch.compiler.is_compiling() else _DenseGradientEager
+    return [t if t is None or not t.requires_grad else dense.apply(t) for t in tensors]
+
+
+def portable_graph_wanted() -> bool:
+    """Whether a graph of standard operators is being recorded for another runtime (ONNX
+    export, torch.jit.trace): our ops have no ONNX or TorchScript kernels, so lambda_op then
+    records the reference formulas instead (docs/design.md, "Export")."""
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return False  # torch.compile: our ops are recorded as they are
+    if torch.jit.is_tracing():
+        return True
+    onnx = sys.modules.get("torch.onnx")  # not imported: not exporting (importing it is slow)
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+def _graph_is_traced() -> bool:
+    """torch.compile / torch.export tracing: the ops are recorded as they are (their fake
+    implementations and dispatcher Autograd kernels serve the tracer)."""
+    return torch.compiler.is_compiling()
 
 
 def run_backend(name: str, q, keys, values, pos_table, bias=None) -> torch.Tensor:
     """Run an already selected back end on validated inputs."""
     chosen = backends.get(name)
+    if portable_graph_wanted():
+        # Standard operators only (and no autograd.Function, which jit.trace cannot check).
+        return backends.get("reference").forward(q, keys, values, pos_table, bias)
     if chosen.ops is None or q.shape[0] == 0:
-        # A differentiable back end (or an empty batch, which the kernels need not handle):
+        # A differentiable back end, or an empty batch (which the kernels need not handle):
         # plain autograd through the reference formulas.
         forward = chosen.forward if chosen.ops is None else backends.get("reference").forward
         return forward(*_dense_gradients(q, keys, values, pos_table, bias))
     ops = chosen.ops()
+    if not _graph_is_traced():
+        # Eager: the ops' autograd.Functions, which torch.func transforms (jvp, grad, vmap,
+        # hessian) need at Python level; their derivatives are differentiable to any order.
+        ops = _op_registrations.differentiable_ops(ops.namespace)
     lam_c, _ = ops.content_lambda(keys, values)
     lam = lam_c if bias is None else lam_c + bias.view(1, -1, 1)
     return ops.lambda_output(q, values, pos_table, lam)
@@ -272,14 +329,18 @@ def temporal_taps(frames: int, rt: int) -> list[tuple[int, int, int, int]]:
 
 def run_backend3d(name: str, q, keys, values, pos_table, bias=None) -> torch.Tensor:
     """Run an already selected back end on validated 3-D inputs."""
+    from .reference import lambda_reference3d
     chosen = backends.get(name)
+    if portable_graph_wanted():  # ONNX export, jit.trace: standard operators only
+        return lambda_reference3d(q, keys, values, pos_table, bias)
     if chosen.ops is None or q.shape[0] == 0:
         # A differentiable back end has a 2-D forward only; the 3-D reference is its ground
         # truth (and an empty batch needs no kernel).
-        from .reference import lambda_reference3d
         return lambda_reference3d(*_dense_gradients(q, keys, values, pos_table, bias))
     q, keys, values, pos_table, bias = _dense_gradients(q, keys, values, pos_table, bias)
     ops = chosen.ops()
+    if not _graph_is_traced():  # eager: the differentiable ops, as run_backend
+        ops = _op_registrations.differentiable_ops(ops.namespace)
     b, h, k, frames, hh, ww = q.shape
     u, v = keys.shape[1], values.shape[2]
     lam_c, _ = ops.content_lambda(keys.reshape(b, u, k, frames * hh, ww),

@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import run_backend, run_backend3d, select, validate_inputs, validate_inputs3d
+from .functional import (lambda_op, run_backend, run_backend3d, select, validate_inputs,
+                         validate_inputs3d)
 
 
 class _LambdaBase(nn.Module):
@@ -86,13 +87,14 @@ class _LambdaBase(nn.Module):
 
     def project(self, x: torch.Tensor):
         """q (B,h,k,H,W), keys (B,u,k,H,W), values (B,u,v,H,W), pos_table, bias, all one dtype
-        (a sequence is a map of height 1)."""
-        b = x.shape[0]
-        hh, ww = (1, x.shape[2]) if self.spatial_rank == 1 else x.shape[2:]
-        q = self.norm_q(self.to_q(x)).reshape(b, self.heads, self.dim_k, hh, ww)
-        keys = self.to_k(x).reshape(b, self.u, self.dim_k, hh, ww)
-        values = self.norm_v(self.to_v(x)).reshape(b, self.u, self.dim_v, hh, ww)
-        pos_table, bias = self.position_table(hh, ww)
+        (a sequence is a map of height 1). Written without reading x's sizes, so that FX
+        symbolic tracing and dynamic shapes see no Python integers of H or W."""
+        q = self.norm_q(self.to_q(x)).unflatten(1, (self.heads, self.dim_k))
+        keys = self.to_k(x).unflatten(1, (self.u, self.dim_k))
+        values = self.norm_v(self.to_v(x)).unflatten(1, (self.u, self.dim_v))
+        if self.spatial_rank == 1:
+            q, keys, values = q.unsqueeze(3), keys.unsqueeze(3), values.unsqueeze(3)
+        pos_table, bias = self.position_table(q.shape[3], q.shape[4])
         dtype = values.dtype  # under autocast: the activations' reduced precision
         q, keys, pos_table = q.to(dtype), keys.to(dtype), pos_table.to(dtype)
         bias = None if bias is None else bias.to(dtype)
@@ -117,11 +119,42 @@ class _LambdaBase(nn.Module):
     def _lambda(self, x: torch.Tensor) -> torch.Tensor:
         """The lambda of x, shape (B, dim_out, *x.shape[2:]), before any pooling."""
         q, keys, values, pos_table, bias = self.project(x)
-        validate_inputs(q, keys, values, pos_table, bias)
-        chosen = select(q, self.backend)
-        self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
-        y = run_backend(chosen.backend, q, keys, values, pos_table, bias)
-        return y.reshape(x.shape[0], self.dim_out, *x.shape[2:])
+        if _is_fx_proxy(q):
+            # FX symbolic tracing (torch.fx.symbolic_trace, torchvision's feature extraction):
+            # the op is one leaf node of the graph; it validates and chooses when the graph runs.
+            y = lambda_op(q, keys, values, pos_table, bias, backend=self.backend)
+        else:
+            validate_inputs(q, keys, values, pos_table, bias)
+            chosen = select(q, self.backend)
+            self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
+            y = run_backend(chosen.backend, q, keys, values, pos_table, bias)
+        y = y.flatten(1, 2)  # (B, h·v, H, W), head-major like upstream
+        return y.squeeze(2) if self.spatial_rank == 1 else y
+
+    def _checked(self, x) -> bool:
+        """Check x (raises on bad input); False for an FX proxy, which is checked when the
+        traced graph runs."""
+        if _is_fx_proxy(x):
+            return False
+        self._check_input(x)
+        return True
+
+
+def _is_fx_proxy(t) -> bool:
+    return isinstance(t, torch.fx.Proxy)
+
+
+def _keeps_channels_last(x: torch.Tensor, memory_format=torch.channels_last) -> bool:
+    """Whether x is channels_last (and not also contiguous): the output keeps that format.
+    Tensors inside torch.func transforms (vmap) cannot be asked their memory format: False."""
+    if not torch.compiler.is_compiling() and \
+            torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return x.is_contiguous(memory_format=memory_format) and not x.is_contiguous()
+
+
+# FX symbolic tracing records calls of lambda_op made from this module as leaf nodes.
+torch.fx.wrap("lambda_op")
 
 
 class LambdaLayer(_LambdaBase):
@@ -156,8 +189,7 @@ class LambdaLayer(_LambdaBase):
         return self.rel_pos_emb[n - height:n + height - 1, n - width:n + width - 1], None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        channels_last = self._checked(x) and _keeps_channels_last(x)
         y = self.pool(self._lambda(x))
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
@@ -194,7 +226,7 @@ class LambdaLayer1d(_LambdaBase):
         return self.rel_pos_emb[n - width:n + width - 1].unsqueeze(0), None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
+        self._checked(x)
         return self.pool(self._lambda(x))
 
 
@@ -297,8 +329,7 @@ class LambdaLayer3d(_LambdaBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        channels_last = (x.is_contiguous(memory_format=torch.channels_last_3d)
-                         and not x.is_contiguous())
+        channels_last = _keeps_channels_last(x, torch.channels_last_3d)
         y = self.pool(self._lambda(x))
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last_3d)

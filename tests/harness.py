@@ -272,6 +272,76 @@ def check_against_reference(target: Target, inputs, dtype, seed=1, *, run=None,
         assert_close_rule(name, g, r64, rd, dtype)
 
 
+# ------------------------------------------------------------------------------ higher order
+def _leaves(inputs):
+    return [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+
+
+def second_order_grads(fn, inputs, dy, weights):
+    """Second-order gradients of y = fn(*inputs): g = ∂⟨y, dy⟩/∂inputs built with
+    create_graph=True, then ∂⟨g, weights⟩/∂(inputs, dy) — what a gradient penalty or a
+    Hessian-vector product differentiates. Every input and dy receive one (zeros if unused)."""
+    leaves = _leaves(inputs)
+    present = [t for t in leaves if t is not None]
+    dy = dy.detach().clone().requires_grad_()
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, present, dy, create_graph=True)
+    penalty = sum((g * w).sum() for g, w in zip(grads, weights))
+    second = torch.autograd.grad(penalty, present + [dy], allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(second, present + [dy])]
+
+
+def jvp_output(fn, inputs, tangents):
+    """The forward-mode derivative of fn at inputs along tangents (torch.func.jvp)."""
+    present = [t for t in inputs if t is not None]
+
+    def call(*args):
+        it = iter(args)
+        return fn(*[None if t is None else next(it) for t in inputs])
+
+    return torch.func.jvp(call, tuple(present), tuple(tangents))[1]
+
+
+SECOND_ORDER_NAMES = ["dd_q", "dd_keys", "dd_values", "dd_pos_table", "dd_bias", "dd_dy"]
+
+
+def _random_like(tensors, seed, dtype):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(device=t.device,
+                                                                         dtype=dtype)
+            for t in tensors]
+
+
+def check_second_order_against_reference(target: Target, inputs, dtype, seed=11, *, op=None,
+                                         reference=lambda_reference):
+    """Double backward (every input and dy) and the jvp of `target` against the float64
+    reference, by the tolerance rule: a derivative the op lost (a silent zero) fails. `op`
+    (default target.run) and `reference` give the op under test and its ground truth."""
+    q, values = inputs[0], inputs[2]
+    y_shape = (q.shape[0], q.shape[1], values.shape[2], *q.shape[3:])
+    present = [t for t in inputs if t is not None]
+    dy = _output_grad(y_shape, q.device, seed)
+    weights = _random_like(present, seed + 1, torch.float64)
+    tangents = _random_like(present, seed + 2, torch.float64)
+    as64 = [None if t is None else t.double() for t in inputs]
+    cast = lambda ts: [t.to(dtype) for t in ts]  # noqa: E731
+
+    def run(fn, args, dt, weights, tangents, dy):
+        with target.activate():
+            return (second_order_grads(fn, args, dy.to(dt), weights)
+                    + [jvp_output(fn, args, tangents)])
+
+    got = run(op or target.run, inputs, dtype, cast(weights), cast(tangents), dy)
+    ref64 = run(reference, as64, torch.float64, weights, tangents, dy)
+    ref_dtype = run(reference, inputs, dtype, cast(weights), cast(tangents), dy)
+    names = [n for n, t in zip(SECOND_ORDER_NAMES[:5], inputs) if t is not None] + \
+        ["dd_dy", "jvp_y"]
+    for name, g, r64, rd in zip(names, got, ref64, ref_dtype):
+        # the reference's own second derivatives are never all zero on these shapes
+        assert r64.abs().max() > 0, f"{name}: reference is zero; the check would be vacuous"
+        assert_close_rule(name, g, r64, rd, dtype)
+
+
 # ------------------------------------------------------------------------------ opcheck
 @functools.lru_cache(maxsize=None)
 def opcheck_samples(device: str, dtype: torch.dtype, few: bool = False):
@@ -348,3 +418,10 @@ def check3d_against_reference(target: Target, inputs, dtype, seed=1):
     reference (einsum + Conv3d), output and every gradient."""
     check_against_reference(target, inputs, dtype, seed, run=target.run3d,
                             reference=lambda_reference3d)
+
+
+def check3d_second_order_against_reference(target: Target, inputs, dtype, seed=11):
+    """check_second_order_against_reference for the 3-D op (lambda_op3d on `target` against
+    the 3-D reference)."""
+    check_second_order_against_reference(target, inputs, dtype, seed, op=target.run3d,
+                                         reference=lambda_reference3d)

@@ -1,6 +1,8 @@
 """Every back end (tests/harness.py: TARGETS) against the float64 reference over one table of
-shapes, in every dtype it supports, with one tolerance rule; plus, for each, bit-identical
-repeated backward passes, float64 gradcheck where it has float64, and opcheck of its ops."""
+shapes, in every dtype it supports, with one tolerance rule — outputs and gradients, and
+second-order gradients and jvp (a derivative lost on the way is a silent zero that fails); plus,
+for each, bit-identical repeated backward passes, float64 gradcheck and gradgradcheck where it
+has float64, vmap against a loop, and opcheck of its ops."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +10,8 @@ import dataclasses
 import pytest
 import torch
 
-from harness import SHAPES, TARGETS, Target, check_against_reference, opcheck_samples, \
-    target_dtype_shape_params
+from harness import QUICK_SHAPES, SHAPES, TARGETS, Target, check_against_reference, \
+    check_second_order_against_reference, opcheck_samples, target_dtype_shape_params
 
 
 def _require(target: Target, dtype=None):
@@ -86,3 +88,71 @@ def test_opcheck(target, op_name):
                 a.detach().requires_grad_() for a in args)
             with target.activate():
                 torch.library.opcheck(op, args)
+
+
+# Borders for the higher-order checks: rectangular map and table with bias, u = 4 with a table
+# larger than the image (logit association), global context, 8 heads (λp association).
+SECOND_ORDER_SHAPES = [SHAPES[0], SHAPES[4], SHAPES[6], SHAPES[11]]
+
+
+def _second_order_params():
+    params = []
+    for t in TARGETS:
+        for i, dtype in enumerate(t.dtypes):
+            if t.slow:  # an interpreter: its first dtype on two cheap shapes
+                shapes = [] if i else QUICK_SHAPES[:2]
+            elif dtype in (torch.float64, torch.float32):
+                shapes = SECOND_ORDER_SHAPES
+            else:
+                shapes = SECOND_ORDER_SHAPES[:1]
+            params += [pytest.param(t, dtype, shape, id=(
+                f"{t.id}-{str(dtype).replace('torch.', '')}-{shape.id}")) for shape in shapes]
+    return params
+
+
+@pytest.mark.parametrize("target,dtype,shape", _second_order_params())
+def test_second_order_gradients_and_jvp_match_the_reference(target, dtype, shape):
+    _require(target)
+    check_second_order_against_reference(target, shape.inputs(dtype, target.device, seed=4),
+                                         dtype)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if torch.float64 in t.dtypes],
+                         ids=lambda t: t.id)
+def test_gradgradcheck_float64(target):
+    _require(target)
+    small = dataclasses.replace(SHAPES[0], batch=1, height=3, width=4, dim_v=2)
+    inputs = [t for t in small.inputs(torch.float64, target.device, requires_grad=True, seed=8)
+              if t is not None]
+    with target.activate():
+        assert torch.autograd.gradgradcheck(lambda *args: target.run(*args), inputs, eps=1e-6,
+                                            atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)
+def test_vmap_matches_a_loop(target):
+    """torch.func.vmap over the op (mapped dim folded into the batch), its gradient per mapped
+    sample (vmap of grad: the table gradient must not mix samples), equal to a Python loop."""
+    _require(target)
+    dtype = target.dtypes[0] if torch.float64 not in target.dtypes else torch.float64
+    shape = SHAPES[0]
+    stacked = [torch.stack(ts) if ts[0] is not None else None for ts in zip(
+        *[shape.inputs(dtype, target.device, seed=20 + i) for i in range(3)])]
+    # the table is shared: mapped over the activations only
+    q, keys, values, pos_table, bias = stacked
+    pos_table, bias = pos_table[0], bias[0]
+    with target.activate():
+        run = lambda q, k, v: target.run(q, k, v, pos_table, bias)  # noqa: E731
+        mapped = torch.func.vmap(run)(q, keys, values)
+        looped = torch.stack([run(q[i], keys[i], values[i]) for i in range(3)])
+        torch.testing.assert_close(mapped, looped, rtol=1e-5, atol=1e-5)
+
+        def loss(table, q, k, v):
+            return target.run(q, k, v, table, bias).square().sum()
+
+        per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0, 0))(
+            pos_table, q, keys, values)
+        for i in range(3):
+            table = pos_table.detach().clone().requires_grad_()
+            expected, = torch.autograd.grad(loss(table, q[i], keys[i], values[i]), table)
+            torch.testing.assert_close(per_sample[i], expected, rtol=1e-5, atol=1e-5)

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 import lambda_kernels
 from harness import (QUICK_SHAPES3D, SHAPES3D, TARGETS, Shape3d, Target,
-                     check3d_against_reference, make_inputs, outputs_and_grads,
+                     check3d_against_reference, check3d_second_order_against_reference,
+                     make_inputs, outputs_and_grads,
                      target_dtype_shape_params)
 from lambda_kernels import LambdaLayer, LambdaLayer3d, lambda_op, lambda_op3d, reference
 from lambda_kernels.functional import temporal_taps
@@ -134,6 +135,32 @@ def test_gradcheck_float64(target, shape, fast):
               if t is not None]
     assert torch.autograd.gradcheck(lambda *args: target.run3d(*args), inputs, eps=1e-6,
                                     atol=1e-8, rtol=1e-6, fast_mode=fast)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if not t.slow], ids=lambda t: t.id)
+@pytest.mark.parametrize("shape", [SHAPES3D[2], SHAPES3D[4]], ids=lambda s: s.id)
+def test_second_order_gradients_and_jvp_match_the_reference(target, shape):
+    """Double backward and forward-mode AD through the temporal taps: inherited from the
+    derivatives of the 2-D ops."""
+    _require(target)
+    dtype = torch.float64 if torch.float64 in target.dtypes else torch.float32
+    check3d_second_order_against_reference(target, shape.inputs(dtype, target.device, seed=4),
+                                           dtype)
+
+
+@pytest.mark.parametrize("target", [t for t in TARGETS if not t.slow], ids=lambda t: t.id)
+def test_vmap_matches_a_loop(target):
+    _require(target)
+    inputs = SHAPES3D[4].inputs(torch.float64, target.device, seed=5)
+    q, keys, values, pos_table, bias = inputs
+    stack = lambda t: torch.stack([t, 0.5 * t.flip(0)])  # noqa: E731
+
+    def run(q, keys, values):
+        return target.run3d(q, keys, values, pos_table, bias)
+
+    mapped = torch.func.vmap(run)(stack(q), stack(keys), stack(values))
+    loop = torch.stack([run(a, b, c) for a, b, c in zip(stack(q), stack(keys), stack(values))])
+    torch.testing.assert_close(mapped, loop, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.id)

@@ -28,6 +28,8 @@ class FusedOps(NamedTuple):
     content_lambda_backward: Callable
     lambda_output: Callable
     lambda_output_backward: Callable
+    # torch.ops namespace of the four ops (their derivatives: _op_registrations)
+    namespace: str = "lambda_kernels"
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def _can_run(device: str, dtype: torch.dtype):
 def _ops() -> FusedOps:
     from ..triton import ops
     return FusedOps(ops.content_lambda, ops.content_lambda_backward, ops.lambda_output,
-                    ops.lambda_output_backward)
+                    ops.lambda_output_backward, namespace=ops.NAMESPACE)
 
 
 BACKEND = Backend(

@@ -357,6 +357,8 @@ class LambdaResNet(nn.Module):
         return to_channels_last(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.fx.Proxy):  # FX symbolic tracing: checked when the graph runs
+            return self.stages(self.stem(x))
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
