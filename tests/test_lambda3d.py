@@ -421,3 +421,15 @@ def test_peak_memory_never_builds_positional_lambda():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["first"] < lam_p_bytes / 2, (result, lam_p_bytes)
     assert result["steady"] < lam_p_bytes / 10, (result, lam_p_bytes)
+
+
+@pytest.mark.skipif(not CPU_RUNS, reason="cpu back end unavailable")
+def test_jit_trace_records_the_reference_formulas():
+    """Tracing for another runtime (jit.trace, ONNX) records standard operators only."""
+    inputs = SHAPES3D[3].inputs(torch.float64, seed=3)
+    traced = torch.jit.trace(lambda *a: lambda_op3d(*a, backend="cpu"), inputs,
+                             check_trace=False)
+    assert "lambda_kernels::" not in str(traced.graph)  # no custom op recorded
+    fresh = SHAPES3D[3].inputs(torch.float64, seed=4)
+    torch.testing.assert_close(traced(*fresh), reference.lambda_reference3d(*fresh),
+                               rtol=1e-10, atol=1e-10)
