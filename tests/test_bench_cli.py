@@ -354,7 +354,9 @@ def test_video_preset_on_tiny_shapes():
     over T·H·W on one video case; the video providers refuse image cases."""
     res = cli.run_cli(["--preset", "video", "--device", "cpu", "--no-memory", "--no-peak",
                        "--threads", "1", "--repeats", "2", "--warmup", "0", "--no-progress",
-                       "--dim", "8", "--size", "5x6", "--heads", "2", "--r", "3"])
+                       "--dim", "8", "--size", "5x6", "--heads", "2", "--r", "3",
+                       # not the Triton interpreter (slow; its rows: test_triton_interpreter_row)
+                       "--providers", "lambda3d-reference,lambda3d-cpu,conv3d-3x3x3,mhsa3d"])
     rows = {r["provider"]: r for r in res["results"]}
     case = res["results"][0]["shape"]
     assert case["frames"] == 8 and case["rt"] == 3
