@@ -3,7 +3,9 @@
 Public API:
     LambdaLayer / λLayer      drop-in for lambda_networks.LambdaLayer (same state_dict)
     LambdaLayer1d             the same layer over sequences (B, C, L)
+    LambdaLayer3d             the same layer over video and volumes (B, C, T, H, W)
     lambda_op                 the functional op on (q, keys, values, pos_table, bias)
+    lambda_op3d               the same op over T×H×W volumes
     select_backend            which back end lambda_op would use for given inputs
     available_backends        every back end and why it cannot run here (None = runs)
     BackendUnavailableError   raised when an explicitly requested back end cannot run
@@ -13,8 +15,9 @@ Public API:
 """
 from . import reference
 from ._cpu_isa import cpu_isa, cpu_isa_levels, use_cpu_isa
-from .functional import BackendUnavailableError, available_backends, lambda_op, select_backend
-from .layer import LambdaLayer, LambdaLayer1d, λLayer
+from .functional import (BackendUnavailableError, available_backends, lambda_op, lambda_op3d,
+                         select_backend)
+from .layer import LambdaLayer, LambdaLayer1d, LambdaLayer3d, λLayer
 
 __version__ = "0.1.0"
 
@@ -22,7 +25,9 @@ __all__ = [
     "LambdaLayer",
     "λLayer",
     "LambdaLayer1d",
+    "LambdaLayer3d",
     "lambda_op",
+    "lambda_op3d",
     "select_backend",
     "available_backends",
     "BackendUnavailableError",

@@ -51,6 +51,11 @@ def in_image_taps(height: int, width: int, rh: int, rw: int) -> int:
     return axis_taps(height, rh) * axis_taps(width, rw)
 
 
+def in_volume_taps(frames: int, height: int, width: int, rt: int, rh: int, rw: int) -> int:
+    """The same for a T×H×W volume and an (Rt, Rh, Rw) table (the 3-D layer)."""
+    return axis_taps(frames, rt) * in_image_taps(height, width, rh, rw)
+
+
 def multiply_adds_per_tap(heads: int, dim_k: int, dim_v: int, association: str,
                           backward: bool = False) -> int:
     """Multiply-adds per (in-image tap, u) of one direction in one association (table above)."""

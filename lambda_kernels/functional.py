@@ -33,6 +33,7 @@ import sys
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 from . import _op_registrations, backends
 
@@ -47,30 +48,37 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
-def validate_inputs(q, keys, values, pos_table, bias=None) -> None:
-    """Raise TypeError/ValueError naming the argument and the expected shape."""
-    named = [("q", q), ("keys", keys), ("values", values), ("pos_table", pos_table)]
-    if bias is not None:
-        named.append(("bias", bias))
+def _check_tensors(named, expected_ndim) -> None:
+    """Every (name, tensor) of `named` (None entries skipped) is a floating tensor with the
+    number of dimensions expected_ndim[name] = (ndim, layout), of the first one's dtype and
+    device."""
+    named = [(name, t) for name, t in named if t is not None]
     for name, t in named:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    expected_ndim = {"q": (5, "(B, h, k, H, W)"), "keys": (5, "(B, u, k, H, W)"),
-                     "values": (5, "(B, u, v, H, W)"), "pos_table": (4, "(Rh, Rw, k, u)"),
-                     "bias": (1, "(k,)")}
     for name, t in named:
         ndim, layout = expected_ndim[name]
         if t.dim() != ndim:
             raise ValueError(f"{name} must have {ndim} dimensions {layout}, got shape {_shape(t)}")
+    first_name, first = named[0]
     for name, t in named[1:]:
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}: all inputs must "
-                            "share one floating dtype")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}: all inputs must "
-                             "be on one device")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}: all "
+                            "inputs must share one floating dtype")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}: "
+                             "all inputs must be on one device")
+
+
+def validate_inputs(q, keys, values, pos_table, bias=None) -> None:
+    """Raise TypeError/ValueError naming the argument and the expected shape."""
+    _check_tensors([("q", q), ("keys", keys), ("values", values), ("pos_table", pos_table),
+                    ("bias", bias)],
+                   {"q": (5, "(B, h, k, H, W)"), "keys": (5, "(B, u, k, H, W)"),
+                    "values": (5, "(B, u, v, H, W)"), "pos_table": (4, "(Rh, Rw, k, u)"),
+                    "bias": (1, "(k,)")})
     b, h, k, hh, ww = q.shape
     _, u, _, _, _ = keys.shape
     if hh < 1 or ww < 1:
@@ -258,3 +266,104 @@ def lambda_op(q, keys, values, pos_table, bias=None, *, backend: str = "auto") -
     """The lambda op y (B, h, v, H, W); see the module docstring for shapes and back ends."""
     validate_inputs(q, keys, values, pos_table, bias)
     return run_backend(select(q, backend).backend, q, keys, values, pos_table, bias)
+
+
+# ------------------------------------------------------------------------- 3-D (video, volumes)
+#   y = lambda_op3d(q, keys, values, pos_table, bias=None, backend="auto")
+#
+#   q          (B, h, k, T, H, W)   keys (B, u, k, T, H, W), values (B, u, v, T, H, W)
+#   pos_table  (Rt, Rh, Rw, k, u)   odd sizes; entry (a, b, c) weights the value at offset
+#                                   (a - Rt//2, b - Rh//2, c - Rw//2); zero outside the volume
+#   bias       (k,) or None
+#   y          (B, h, v, T, H, W)   softmax over all T·H·W positions
+#
+# The fused back ends run it on their 2-D ops, so the 3-D op has their autograd (and whatever
+# else is registered on those ops) and their memory rule:
+# - content lambda: the 2-D content op on keys and values viewed as a (T·H, W) map (the
+#   softmax and the contraction run over all positions either way);
+# - positional lambda: for every temporal offset d of the table, the 2-D lambda_output over
+#   frames t whose frame t + d exists, with the table's slice pos_table[d + Rt//2], summed over
+#   d. Frames go time-major, (T, B, ...) folded to (T·B, ...), so the frames a tap reads are one
+#   contiguous slice of q and of the values: no per-tap copies, no λp, no logits. The lambda
+#   Λ = λc + bias enters through the centre tap (d = 0, every frame) only.
+
+
+def validate_inputs3d(q, keys, values, pos_table, bias=None) -> None:
+    """Raise TypeError/ValueError naming the argument and the expected shape (3-D op)."""
+    _check_tensors([("q", q), ("keys", keys), ("values", values), ("pos_table", pos_table),
+                    ("bias", bias)],
+                   {"q": (6, "(B, h, k, T, H, W)"), "keys": (6, "(B, u, k, T, H, W)"),
+                    "values": (6, "(B, u, v, T, H, W)"), "pos_table": (5, "(Rt, Rh, Rw, k, u)"),
+                    "bias": (1, "(k,)")})
+    b, h, k, tt, hh, ww = q.shape
+    u = keys.shape[1]
+    if tt < 1 or hh < 1 or ww < 1:
+        raise ValueError(f"q must have positive T, H and W, got shape {_shape(q)}")
+    if h < 1 or k < 1:
+        raise ValueError(f"q must have at least one head and key channel, got shape {_shape(q)}")
+    if u < 1:
+        raise ValueError(f"keys must have u >= 1, got shape {_shape(keys)}")
+    if tuple(keys.shape) != (b, u, k, tt, hh, ww):
+        raise ValueError(f"keys must have shape (B, u, k, T, H, W) = ({b}, u, {k}, {tt}, {hh}, "
+                         f"{ww}) to match q {_shape(q)}, got {_shape(keys)}")
+    v = values.shape[2]
+    if tuple(values.shape) != (b, u, v, tt, hh, ww) or v < 1:
+        raise ValueError(f"values must have shape (B, u, v, T, H, W) = ({b}, {u}, v, {tt}, {hh}, "
+                         f"{ww}) with v >= 1 to match q and keys, got {_shape(values)}")
+    window = pos_table.shape[:3]
+    if min(window) < 1 or any(r % 2 == 0 for r in window) or \
+            tuple(pos_table.shape[3:]) != (k, u):
+        raise ValueError(f"pos_table must have shape (Rt, Rh, Rw, k, u) = (odd, odd, odd, {k}, "
+                         f"{u}), got {_shape(pos_table)}")
+    if bias is not None and tuple(bias.shape) != (k,):
+        raise ValueError(f"bias must have shape (k,) = ({k},), got {_shape(bias)}")
+
+
+def temporal_taps(frames: int, rt: int) -> list[tuple[int, int, int, int]]:
+    """(table index a, offset d, first frame, end frame) of every temporal offset that reaches
+    inside the volume: frames t in [first, end) read frame t + d, in [0, frames)."""
+    half = rt // 2
+    return [(a, a - half, max(0, half - a), frames - max(0, a - half))
+            for a in range(rt) if abs(a - half) < frames]
+
+
+def run_backend3d(name: str, q, keys, values, pos_table, bias=None) -> torch.Tensor:
+    """Run an already selected back end on validated 3-D inputs."""
+    from .reference import lambda_reference3d
+    chosen = backends.get(name)
+    if portable_graph_wanted():  # ONNX export, jit.trace: standard operators only
+        return lambda_reference3d(q, keys, values, pos_table, bias)
+    if chosen.ops is None or q.shape[0] == 0:
+        # A differentiable back end has a 2-D forward only; the 3-D reference is its ground
+        # truth (and an empty batch needs no kernel).
+        return lambda_reference3d(*_dense_gradients(q, keys, values, pos_table, bias))
+    q, keys, values, pos_table, bias = _dense_gradients(q, keys, values, pos_table, bias)
+    ops = chosen.ops()
+    if not _graph_is_traced():  # eager: the differentiable ops, as run_backend
+        ops = _op_registrations.differentiable_ops(ops.namespace)
+    b, h, k, frames, hh, ww = q.shape
+    u, v = keys.shape[1], values.shape[2]
+    lam_c, _ = ops.content_lambda(keys.reshape(b, u, k, frames * hh, ww),
+                                  values.reshape(b, u, v, frames * hh, ww))
+    lam = lam_c if bias is None else lam_c + bias.view(1, -1, 1)
+    q_tm = q.permute(3, 0, 1, 2, 4, 5).contiguous()  # (T, B, h, k, H, W)
+    values_tm = values.permute(3, 0, 1, 2, 4, 5).contiguous()  # (T, B, u, v, H, W)
+    y_tm = None
+    for a, d, first, end in temporal_taps(frames, pos_table.shape[0]):
+        n = end - first
+        # Λ once per frame, in the centre tap (which covers every frame); zero in the others.
+        lam_tap = lam.repeat(n, 1, 1) if d == 0 else lam.new_zeros(n * b, k, v)
+        y_tap = ops.lambda_output(q_tm[first:end].flatten(0, 1),
+                                  values_tm[first + d:end + d].flatten(0, 1), pos_table[a],
+                                  lam_tap).view(n, b, h, v, hh, ww)
+        if n != frames:  # frames the tap does not reach get zeros (padding along T)
+            y_tap = F.pad(y_tap, (0, 0) * 5 + (first, frames - end))
+        y_tm = y_tap if y_tm is None else y_tm + y_tap
+    return y_tm.permute(1, 2, 3, 0, 4, 5).contiguous()
+
+
+def lambda_op3d(q, keys, values, pos_table, bias=None, *, backend: str = "auto") -> torch.Tensor:
+    """The 3-D lambda op y (B, h, v, T, H, W) over video or volumes; see the comment above for
+    shapes. Back-end choice as lambda_op (same `backend` names, environment variable, order)."""
+    validate_inputs3d(q, keys, values, pos_table, bias)
+    return run_backend3d(select(q, backend).backend, q, keys, values, pos_table, bias)

@@ -20,7 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import lambda_op, run_backend, select, validate_inputs
+from .functional import (lambda_op, run_backend, run_backend3d, select, validate_inputs,
+                         validate_inputs3d)
 
 
 class _LambdaBase(nn.Module):
@@ -42,10 +43,7 @@ class _LambdaBase(nn.Module):
         if (n is None) == (r is None):
             raise ValueError("give exactly one of n (global context) and r (local context), got "
                              f"n={n!r}, r={r!r}")
-        if r is not None and (not isinstance(r, int) or r < 1 or r % 2 == 0):
-            raise ValueError(f"r must be a positive odd integer, got {r!r}")
-        if n is not None and (not isinstance(n, int) or n < 1):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        self._check_context(n, r)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
 
@@ -63,6 +61,14 @@ class _LambdaBase(nn.Module):
         # What the last forward ran: the back end and its variant (the CPU instruction set).
         self.last_backend: Optional[str] = None
         self.last_backend_variant: Optional[str] = None
+
+    @staticmethod
+    def _check_context(n, r) -> None:
+        """Raise ValueError unless the given one of n and r is valid for this layer."""
+        if r is not None and (not isinstance(r, int) or r < 1 or r % 2 == 0):
+            raise ValueError(f"r must be a positive odd integer, got {r!r}")
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
 
     def _add_projections(self, conv: type, norm: type) -> None:
         """The 1×1 query/key/value projections and the query/value batch norms (lambda-networks'
@@ -138,13 +144,13 @@ def _is_fx_proxy(t) -> bool:
     return isinstance(t, torch.fx.Proxy)
 
 
-def _keeps_channels_last(x: torch.Tensor) -> bool:
+def _keeps_channels_last(x: torch.Tensor, memory_format=torch.channels_last) -> bool:
     """Whether x is channels_last (and not also contiguous): the output keeps that format.
     Tensors inside torch.func transforms (vmap) cannot be asked their memory format: False."""
     if not torch.compiler.is_compiling() and \
             torch._C._functorch.is_functorch_wrapped_tensor(x):
         return False
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return x.is_contiguous(memory_format=memory_format) and not x.is_contiguous()
 
 
 # FX symbolic tracing records calls of lambda_op made from this module as leaf nodes.
@@ -224,6 +230,112 @@ class LambdaLayer1d(_LambdaBase):
         return self.pool(self._lambda(x))
 
 
+def _triple(name: str, value, *, odd: bool) -> tuple[int, int, int]:
+    """(t, h, w) from an int (the same for all three) or a 3-tuple of positive (odd) ints."""
+    items = (value,) * 3 if isinstance(value, int) and not isinstance(value, bool) else value
+    kind = "odd integer" if odd else "integer"
+    if not isinstance(items, (tuple, list)) or len(items) != 3 or any(
+            not isinstance(i, int) or isinstance(i, bool) or i < 1 or (odd and i % 2 == 0)
+            for i in items):
+        raise ValueError(f"{name} must be a positive {kind} or a (t, h, w) tuple of positive "
+                         f"{kind}s, got {value!r}")
+    return tuple(items)
+
+
+class LambdaLayer3d(_LambdaBase):
+    """Lambda layer over video or volumes, x (B, dim, T, H, W) -> (B, dim_out, T, H, W)
+    (each of T, H, W divided by `stride`).
+
+    Exactly one of `n` (global context: an int or (nt, nh, nw); any T <= nt, H <= nh, W <= nw;
+    table `rel_pos_emb` (2nt-1, 2nh-1, 2nw-1, dim_k, dim_u)) and `r` (local context: an odd
+    int or an (rt, rh, rw) tuple of odd ints; table `pos_conv` = Conv3d(dim_u, dim_k,
+    (rt, rh, rw), padding=(rt//2, rh//2, rw//2)) over the values of each value channel, the
+    3-D twin of the 2-D layer's Conv3d). Projections are Conv3d 1×1×1 / BatchNorm3d with the
+    2-D layer's names. stride > 1 average-pools T, H and W (AvgPool3d(stride, stride));
+    channels_last_3d input gives channels_last_3d output. Runs lambda_op3d: the fused back
+    ends' 2-D kernels summed over the temporal taps (see functional.py)."""
+
+    spatial_rank = 3
+
+    def __init__(self, dim: int, *, dim_k: int, n=None, r=None, heads: int = 4,
+                 dim_out: Optional[int] = None, dim_u: int = 1, stride: int = 1,
+                 backend: str = "auto"):
+        super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
+                         stride=stride, backend=backend)
+        self._add_projections(nn.Conv3d, nn.BatchNorm3d)
+        if self.local_contexts:
+            self.window = _triple("r", r, odd=True)
+            rt, rh, rw = self.window
+            self.pos_conv = nn.Conv3d(dim_u, dim_k, self.window,
+                                      padding=(rt // 2, rh // 2, rw // 2))
+        else:
+            self.context_size = _triple("n", n, odd=False)
+            nt, nh, nw = self.context_size
+            self.rel_pos_emb = nn.Parameter(
+                torch.randn(2 * nt - 1, 2 * nh - 1, 2 * nw - 1, dim_k, dim_u))
+        self.pool = nn.AvgPool3d(stride, stride) if stride > 1 else nn.Identity()
+
+    @staticmethod
+    def _check_context(n, r) -> None:
+        if r is not None:
+            _triple("r", r, odd=True)
+        if n is not None:
+            _triple("n", n, odd=False)
+
+    def position_table(self, frames: int, height: int, width: int
+                       ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(pos_table (Rt, Rh, Rw, k, u), bias) for a T×H×W input, as views of the parameters."""
+        if self.local_contexts:
+            return self.pos_conv.weight.permute(2, 3, 4, 0, 1), self.pos_conv.bias
+        nt, nh, nw = self.context_size
+        # only the offsets that reach inside the volume: the (2T-1, 2H-1, 2W-1) centre
+        return self.rel_pos_emb[nt - frames:nt + frames - 1, nh - height:nh + height - 1,
+                                nw - width:nw + width - 1], None
+
+    def project(self, x: torch.Tensor):
+        """q (B,h,k,T,H,W), keys (B,u,k,T,H,W), values (B,u,v,T,H,W), pos_table, bias, all one
+        dtype."""
+        b, _, tt, hh, ww = x.shape
+        q = self.norm_q(self.to_q(x)).reshape(b, self.heads, self.dim_k, tt, hh, ww)
+        keys = self.to_k(x).reshape(b, self.u, self.dim_k, tt, hh, ww)
+        values = self.norm_v(self.to_v(x)).reshape(b, self.u, self.dim_v, tt, hh, ww)
+        pos_table, bias = self.position_table(tt, hh, ww)
+        dtype = values.dtype  # under autocast: the activations' reduced precision
+        q, keys, pos_table = q.to(dtype), keys.to(dtype), pos_table.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        return q, keys, values, pos_table, bias
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 5 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (B, dim, T, H, W) with dim = {self.dim}, got "
+                             f"({', '.join(map(str, x.shape))})")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        if not self.local_contexts and any(s > c for s, c in zip(x.shape[2:], self.context_size)):
+            nt, nh, nw = self.context_size
+            raise ValueError(f"global context with n=({nt}, {nh}, {nw}) takes T <= {nt}, "
+                             f"H <= {nh}, W <= {nw}; x has T={x.shape[2]}, H={x.shape[3]}, "
+                             f"W={x.shape[4]} (build the layer with a larger n)")
+
+    def _lambda(self, x: torch.Tensor) -> torch.Tensor:
+        q, keys, values, pos_table, bias = self.project(x)
+        validate_inputs3d(q, keys, values, pos_table, bias)
+        chosen = select(q, self.backend)
+        self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
+        y = run_backend3d(chosen.backend, q, keys, values, pos_table, bias)
+        return y.reshape(x.shape[0], self.dim_out, *x.shape[2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        channels_last = _keeps_channels_last(x, torch.channels_last_3d)
+        y = self.pool(self._lambda(x))
+        if channels_last:
+            y = y.contiguous(memory_format=torch.channels_last_3d)
+        return y
+
+
 λLayer = LambdaLayer
 
-__all__ = ["LambdaLayer", "LambdaLayer1d", "λLayer"]
+__all__ = ["LambdaLayer", "LambdaLayer1d", "LambdaLayer3d", "λLayer"]

@@ -23,7 +23,7 @@ import torch
 
 import lambda_kernels
 from lambda_kernels import backends, cost
-from lambda_kernels.reference import lambda_reference
+from lambda_kernels.reference import lambda_reference, lambda_reference3d
 
 FLOOR = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 ALL_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -123,6 +123,11 @@ class Target:
             return lambda_kernels.lambda_op(q, keys, values, pos_table, bias,
                                             backend=self.backend)
 
+    def run3d(self, q, keys, values, pos_table, bias=None):
+        with self.activate():
+            return lambda_kernels.lambda_op3d(q, keys, values, pos_table, bias,
+                                              backend=self.backend)
+
     @property
     def fused(self) -> bool:
         return backends.get(self.backend).ops is not None
@@ -182,29 +187,37 @@ def target(target_id: str) -> Target:
         f"{target_id} is not a back end under test on this machine"))
 
 
-def target_dtype_shape_params():
+def target_dtype_shape_params(shapes=None, quick_shapes=None, slow_shapes=None):
     """(target, dtype, shape) triples for pytest.mark.parametrize, with readable ids: every
-    shape in every dtype of every target (a slow target's later dtypes on QUICK_SHAPES)."""
+    shape in every dtype of every target; a slow target's first dtype on `slow_shapes` (default:
+    every shape), its later dtypes on `quick_shapes`. Default: SHAPES and QUICK_SHAPES."""
     import pytest
+    shapes = SHAPES if shapes is None else shapes
+    quick_shapes = QUICK_SHAPES if quick_shapes is None else quick_shapes
+    slow_shapes = shapes if slow_shapes is None else slow_shapes
     return [pytest.param(t, d, s, id=f"{t.id}-{str(d).replace('torch.', '')}-{s.id}")
             for t in TARGETS for i, d in enumerate(t.dtypes)
-            for s in (QUICK_SHAPES if t.slow and i else SHAPES)]
+            for s in ((quick_shapes if i else slow_shapes) if t.slow else shapes)]
 
 
 # ------------------------------------------------------------------------------ inputs
 def make_inputs(batch=2, heads=2, dim_k=3, dim_u=2, dim_v=4, height=5, width=4, rh=3, rw=3,
-                bias=True, dtype=torch.float64, device="cpu", requires_grad=False, seed=None):
-    """(q, keys, values, pos_table, bias) with the layouts of lambda_op."""
+                bias=True, dtype=torch.float64, device="cpu", requires_grad=False, seed=None,
+                frames=None, rt=None):
+    """(q, keys, values, pos_table, bias) with the layouts of lambda_op, or of lambda_op3d
+    when `frames` and `rt` are given (a T×H×W volume and an (Rt, Rh, Rw) table)."""
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def rand(*shape, scale=1.0):
         t = torch.randn(*shape, generator=gen, dtype=torch.float64) * scale
         return t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
 
-    q = rand(batch, heads, dim_k, height, width)
-    keys = rand(batch, dim_u, dim_k, height, width)
-    values = rand(batch, dim_u, dim_v, height, width)
-    pos_table = rand(rh, rw, dim_k, dim_u, scale=0.5)
+    volume = (height, width) if frames is None else (frames, height, width)
+    window = (rh, rw) if rt is None else (rt, rh, rw)
+    q = rand(batch, heads, dim_k, *volume)
+    keys = rand(batch, dim_u, dim_k, *volume)
+    values = rand(batch, dim_u, dim_v, *volume)
+    pos_table = rand(*window, dim_k, dim_u, scale=0.5)
     b = rand(dim_k) if bias else None
     return q, keys, values, pos_table, b
 
@@ -245,16 +258,18 @@ def _output_grad(shape_of_y, device, seed=1):
                        dtype=torch.float64).to(device)
 
 
-def check_against_reference(target: Target, inputs, dtype, seed=1):
+def check_against_reference(target: Target, inputs, dtype, seed=1, *, run=None,
+                            reference=lambda_reference):
     """Output and every gradient of `target` on `inputs` (already in dtype, on its device)
-    against the float64 reference, by the tolerance rule."""
+    against the float64 reference, by the tolerance rule. `run` (default target.run) and
+    `reference` give the op under test and its ground truth (the 3-D op: check3d_...)."""
     q, values = inputs[0], inputs[2]
-    y_shape = (q.shape[0], q.shape[1], values.shape[2], q.shape[3], q.shape[4])
+    y_shape = (q.shape[0], q.shape[1], values.shape[2], *q.shape[3:])
     dy = _output_grad(y_shape, q.device, seed)
-    got = outputs_and_grads(target.run, inputs, dy.to(dtype))
-    ref64 = outputs_and_grads(lambda_reference, [None if t is None else t.double()
-                                                 for t in inputs], dy)
-    ref_dtype = outputs_and_grads(lambda_reference, inputs, dy.to(dtype))
+    got = outputs_and_grads(run or target.run, inputs, dy.to(dtype))
+    ref64 = outputs_and_grads(reference, [None if t is None else t.double() for t in inputs],
+                              dy)
+    ref_dtype = outputs_and_grads(reference, inputs, dy.to(dtype))
     for name, g, r64, rd in zip(GRAD_NAMES, got, ref64, ref_dtype):
         assert g.dtype == dtype, f"{name}: dtype {g.dtype}, expected {dtype}"
         if name != "y":  # gradients leave the op dense (docs/design.md, PyTorch pitfalls)
@@ -302,11 +317,13 @@ def _random_like(tensors, seed, dtype):
             for t in tensors]
 
 
-def check_second_order_against_reference(target: Target, inputs, dtype, seed=11):
+def check_second_order_against_reference(target: Target, inputs, dtype, seed=11, *, op=None,
+                                         reference=lambda_reference):
     """Double backward (every input and dy) and the jvp of `target` against the float64
-    reference, by the tolerance rule: a derivative the op lost (a silent zero) fails."""
+    reference, by the tolerance rule: a derivative the op lost (a silent zero) fails. `op`
+    (default target.run) and `reference` give the op under test and its ground truth."""
     q, values = inputs[0], inputs[2]
-    y_shape = (q.shape[0], q.shape[1], values.shape[2], q.shape[3], q.shape[4])
+    y_shape = (q.shape[0], q.shape[1], values.shape[2], *q.shape[3:])
     present = [t for t in inputs if t is not None]
     dy = _output_grad(y_shape, q.device, seed)
     weights = _random_like(present, seed + 1, torch.float64)
@@ -319,9 +336,9 @@ def check_second_order_against_reference(target: Target, inputs, dtype, seed=11)
             return (second_order_grads(fn, args, dy.to(dt), weights)
                     + [jvp_output(fn, args, tangents)])
 
-    got = run(target.run, inputs, dtype, cast(weights), cast(tangents), dy)
-    ref64 = run(lambda_reference, as64, torch.float64, weights, tangents, dy)
-    ref_dtype = run(lambda_reference, inputs, dtype, cast(weights), cast(tangents), dy)
+    got = run(op or target.run, inputs, dtype, cast(weights), cast(tangents), dy)
+    ref64 = run(reference, as64, torch.float64, weights, tangents, dy)
+    ref_dtype = run(reference, inputs, dtype, cast(weights), cast(tangents), dy)
     names = [n for n, t in zip(SECOND_ORDER_NAMES[:5], inputs) if t is not None] + \
         ["dd_dy", "jvp_y"]
     for name, g, r64, rd in zip(names, got, ref64, ref_dtype):
@@ -349,3 +366,67 @@ def opcheck_samples(device: str, dtype: torch.dtype, few: bool = False):
         samples["lambda_output"].append((q, values, pos_table, lam))
         samples["lambda_output_backward"].append((dy, q, values, pos_table, lam))
     return samples
+
+
+# ------------------------------------------------------------------------------ 3-D op
+@dataclass(frozen=True)
+class Shape3d:
+    """One input shape of the 3-D op (lambda_op3d): a T×H×W volume, an (Rt, Rh, Rw) table."""
+    batch: int
+    heads: int
+    dim_k: int
+    dim_u: int
+    dim_v: int
+    frames: int
+    height: int
+    width: int
+    rt: int
+    rh: int
+    rw: int
+    bias: bool
+    note: str
+
+    @property
+    def id(self) -> str:
+        return (f"b{self.batch}h{self.heads}k{self.dim_k}u{self.dim_u}v{self.dim_v}_"
+                f"{self.frames}x{self.height}x{self.width}_r{self.rt}x{self.rh}x{self.rw}"
+                + ("_bias" if self.bias else ""))
+
+    def inputs(self, dtype, device="cpu", requires_grad=False, seed=0):
+        return make_inputs(batch=self.batch, heads=self.heads, dim_k=self.dim_k,
+                           dim_u=self.dim_u, dim_v=self.dim_v, height=self.height,
+                           width=self.width, rh=self.rh, rw=self.rw, bias=self.bias, dtype=dtype,
+                           device=device, requires_grad=requires_grad, seed=seed,
+                           frames=self.frames, rt=self.rt)
+
+    def output_shape(self):
+        return (self.batch, self.heads, self.dim_v, self.frames, self.height, self.width)
+
+
+# Tiny (the Triton interpreter runs one 2-D launch per temporal tap); both associations of the
+# CPU kernels occur (logits when h·(k+v) <= k·v).
+SHAPES3D = [
+    Shape3d(2, 2, 3, 2, 5, 1, 5, 7, 1, 3, 5, True, "T = 1, rt = 1: the 2-D op"),
+    Shape3d(1, 2, 3, 1, 4, 1, 4, 5, 3, 3, 3, False, "T = 1, rt = 3: the centre tap only"),
+    Shape3d(1, 2, 4, 1, 3, 2, 4, 5, 5, 3, 3, True, "rt > T: taps beyond the volume skipped"),
+    Shape3d(1, 3, 5, 2, 4, 4, 3, 6, 3, 5, 3, True, "rectangular map and window, u = 2"),
+    Shape3d(2, 2, 3, 3, 2, 2, 3, 3, 3, 3, 3, False, "u = 3, batch 2 (time-major fold)"),
+    Shape3d(1, 2, 4, 1, 3, 3, 4, 5, 5, 7, 9, False, "global context (2T-1, 2H-1, 2W-1) table"),
+    Shape3d(1, 1, 8, 1, 8, 3, 4, 4, 3, 3, 3, True, "one head, k = v = 8 (logits)"),
+]
+# The Triton interpreter (seconds per shape) runs these, in float32 only.
+QUICK_SHAPES3D = [SHAPES3D[1], SHAPES3D[2], SHAPES3D[4]]
+
+
+def check3d_against_reference(target: Target, inputs, dtype, seed=1):
+    """check_against_reference for the 3-D op: lambda_op3d on `target` against the 3-D
+    reference (einsum + Conv3d), output and every gradient."""
+    check_against_reference(target, inputs, dtype, seed, run=target.run3d,
+                            reference=lambda_reference3d)
+
+
+def check3d_second_order_against_reference(target: Target, inputs, dtype, seed=11):
+    """check_second_order_against_reference for the 3-D op (lambda_op3d on `target` against
+    the 3-D reference)."""
+    check_second_order_against_reference(target, inputs, dtype, seed, op=target.run3d,
+                                         reference=lambda_reference3d)

@@ -1,5 +1,6 @@
 """lambda-bench end to end on the tiny preset (fast: no peak/memory except where tested)."""
 import csv
+import itertools
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import lambda_kernels
 from lambda_kernels.bench import cli, providers as P
 from lambda_kernels.bench import targets as T
 from lambda_kernels.bench import models as M
-from lambda_kernels.cost import in_image_taps
+from lambda_kernels.cost import in_image_taps, in_volume_taps
 from lambda_kernels.bench.measure import cpu_memory_subprocess, summarize
 from lambda_kernels.bench.presets import PRESETS, Case, apply_overrides, parse_size, sweep_cases
 
@@ -382,3 +383,31 @@ def test_reference_back_end_stands_in_for_missing_lambda_networks(monkeypatch, t
     monkeypatch.delitem(sys.modules, "lambda_networks")
     assert cli.choose_baseline(None, ["lambda-networks", "mhsa"]) == ("lambda-networks", None)
     assert cli.choose_baseline("mhsa", ["lambda-networks", "mhsa"]) == ("mhsa", None)
+
+
+def test_video_preset_on_tiny_shapes():
+    """The 3-D rows: LambdaLayer3d (fused and reference, same weights), Conv3d 3x3x3 and SDPA
+    over T·H·W on one video case; the video providers refuse image cases."""
+    res = cli.run_cli(["--preset", "video", "--device", "cpu", "--no-memory", "--no-peak",
+                       "--threads", "1", "--repeats", "2", "--warmup", "0", "--no-progress",
+                       "--dim", "8", "--size", "5x6", "--heads", "2", "--r", "3",
+                       # not the Triton interpreter (slow; its rows: test_triton_interpreter_row)
+                       "--providers", "lambda3d-reference,lambda3d-cpu,conv3d-3x3x3,mhsa3d"])
+    rows = {r["provider"]: r for r in res["results"]}
+    case = res["results"][0]["shape"]
+    assert case["frames"] == 8 and case["rt"] == 3
+    for name in ("lambda3d-reference", "conv3d-3x3x3", "mhsa3d") + (
+            ("lambda3d-cpu",) if _cpu_variant() is not None else ()):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert rows[name]["out_shape"] == [1, 8, 8, 5, 6]
+        assert rows[name]["flops_fwd"] > 0
+    if _cpu_variant() is not None:
+        assert rows["lambda3d-cpu"]["err_vs"] == "lambda3d-reference"
+        assert rows["lambda3d-cpu"]["max_abs_err"] < 1e-4
+    assert "needs a video case" in P.get("conv3d-3x3x3").unavailable(TINY, torch.device("cpu"))
+    assert "lambda3d-cpu" not in P.default_names()
+    # in-volume window pairs against a brute-force count
+    brute = sum(1 for t, i, j, a, b, c in itertools.product(
+        range(2), range(3), range(4), range(-1, 2), range(-2, 3), range(-1, 2))
+        if 0 <= t + a < 2 and 0 <= i + b < 3 and 0 <= j + c < 4)
+    assert in_volume_taps(2, 3, 4, 3, 5, 3) == brute

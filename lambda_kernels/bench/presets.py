@@ -40,6 +40,8 @@ class Case:
     n: Optional[int] = None
     dtype: str = "float32"
     label: str = ""
+    frames: Optional[int] = None   # video/volume cases: x is (batch, dim, frames, height, width)
+    rt: Optional[int] = None       # their temporal window (local context), odd
 
     def __post_init__(self):
         if self.dim_out is None:
@@ -47,7 +49,13 @@ class Case:
 
     @property
     def tokens(self) -> int:
-        return self.height * self.width
+        return self.height * self.width * (self.frames or 1)
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        """(height, width), or (frames, height, width) for a video/volume case."""
+        return (self.height, self.width) if self.frames is None else \
+            (self.frames, self.height, self.width)
 
     @property
     def dim_v(self) -> int:
@@ -62,8 +70,10 @@ class Case:
         return f"r={self.r}" if self.r is not None else f"n={self.n}"
 
     def describe(self) -> str:
-        s = (f"B={self.batch} {self.dim}->{self.dim_out} {self.height}x{self.width} "
-             f"k={self.dim_k} h={self.heads} u={self.dim_u} {self.context} {self.dtype}")
+        size = "x".join(map(str, self.spatial))
+        context = self.context if self.rt is None else f"r=({self.rt},{self.r},{self.r})"
+        s = (f"B={self.batch} {self.dim}->{self.dim_out} {size} "
+             f"k={self.dim_k} h={self.heads} u={self.dim_u} {context} {self.dtype}")
         return f"{self.label}: {s}" if self.label else s
 
     def to_dict(self) -> dict:
@@ -84,6 +94,10 @@ class Case:
         if self.n is not None and (self.height > self.n or self.width > self.n):
             raise ValueError(f"global context n={self.n} needs H, W <= n, got "
                              f"{self.height}x{self.width}")
+        if self.frames is not None and (self.frames < 1 or self.rt is None or self.rt < 1
+                                        or self.rt % 2 == 0 or self.r is None):
+            raise ValueError(f"a video case needs frames >= 1, local context r and an odd rt, "
+                             f"got frames={self.frames}, r={self.r}, rt={self.rt}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {sorted(DTYPES)}")
 
@@ -148,6 +162,14 @@ PRESETS: dict[str, Preset] = {
               dtype="bfloat16", label="headline")],
         repeats=20, warmup=3, max_time=10.0,
         sweep_values={"size": [14, 28, 56, 84, 112], "r": [3, 7, 15, 23, 31]}),
+    "video": Preset(
+        "video", "LambdaLayer3d on video, 8x28x28/128, r=(3,15,15), against a 3x3x3 Conv3d and "
+        "SDPA over all T·H·W tokens (the 2-D providers do not take video)",
+        [Case(batch=1, dim=128, frames=8, height=28, width=28, dim_k=16, heads=4, dim_u=1,
+              r=15, rt=3, label="8x28x28/128 r=(3,15,15)")],
+        repeats=5, warmup=1, max_time=5.0,
+        providers=("lambda3d-reference", "lambda3d-cpu", "lambda3d-triton", "lambda3d-cuda",
+                   "conv3d-3x3x3", "mhsa3d")),
 }
 
 DEFAULT_SWEEPS = {"size": [8, 16, 32, 48, 64], "r": [3, 7, 15, 23]}

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import cost
 from ..cost import LAMBDA_P, in_image_taps, positional_flops, table_size
 from .presets import Case
 
@@ -158,7 +159,7 @@ class Provider:
     name = "?"
     description = ""
     family: Optional[str] = None
-    hidden = False                 # not in the default list (debug providers)
+    hidden = False                 # not in the default list (debug and video providers)
     optional = False               # needs a package that may be missing
 
     def unavailable(self, case: Case, device: torch.device) -> Optional[str]:
@@ -409,6 +410,105 @@ class DebugFail(Provider):
         return _FailingModule(), ""
 
 
+# --------------------------------------------------------------------------------------------
+# video / volumes (cases with frames): x (B, dim, T, H, W)
+#
+#   lambda3d   proj + content (as the 2-D lambda, N = T*H*W)
+#              + positional 2BPu*min(h(k+v), kv), P = in-volume pairs of the (rt, r, r) window
+#   conv3d     2B*C*C'*P_3 (in-volume pairs of the 3x3x3 window)
+#   mhsa3d     the mhsa formula over N = T*H*W tokens
+
+
+def flops_lambda3d(case: Case) -> float:
+    b, n, h, k, u, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_u, case.dim_v
+    proj = _proj(case, h * k + u * k + u * v)
+    content = 2 * b * n * u * k * v + 2 * b * n * h * k * v
+    pairs = cost.in_volume_taps(case.frames, case.height, case.width, case.rt, case.r, case.r)
+    per_tap = cost.multiply_adds_per_tap(h, k, v, cost.cheaper_association(h, k, v))
+    return float(proj + content + 2 * b * pairs * u * per_tap)
+
+
+def _needs_video(case: Case) -> Optional[str]:
+    return None if case.frames is not None else "needs a video case (--preset video)"
+
+
+class LambdaKernels3d(Provider):
+    family = "lambda3d"
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.name = f"lambda3d-{backend}"
+        self.description = f"lambda_kernels.LambdaLayer3d(backend={backend!r}), r=(rt, r, r)"
+
+    def unavailable(self, case, device):
+        return _needs_video(case) or LambdaKernels(self.backend).unavailable(case, device)
+
+    def build(self, case, device):
+        from ..layer import LambdaLayer3d
+        torch.manual_seed(0)
+        layer = LambdaLayer3d(case.dim, dim_k=case.dim_k, r=(case.rt, case.r, case.r),
+                              heads=case.heads, dim_out=case.dim_out, dim_u=case.dim_u,
+                              backend=self.backend)
+        with torch.no_grad():  # non-trivial batch-norm state, as the 2-D providers
+            for bn in (layer.norm_q, layer.norm_v):
+                bn.running_mean.uniform_(-0.1, 0.1)
+                bn.running_var.uniform_(0.5, 1.5)
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.1, 0.1)
+        return layer.to(device=device, dtype=case.torch_dtype), ""
+
+    def flops(self, case):
+        return flops_lambda3d(case)
+
+    def ran(self, module, device):
+        return module.last_backend, module.last_backend_variant
+
+
+class Conv3d(Provider):
+    name = "conv3d-3x3x3"
+    description = "nn.Conv3d 3x3x3, dim -> dim_out"
+
+    def unavailable(self, case, device):
+        return _needs_video(case)
+
+    def build(self, case, device):
+        torch.manual_seed(0)
+        return nn.Conv3d(case.dim, case.dim_out, 3, padding=1).to(device, case.torch_dtype), ""
+
+    def flops(self, case):
+        pairs = cost.in_volume_taps(case.frames, case.height, case.width, 3, 3, 3)
+        return float(2 * case.batch * case.dim * case.dim_out * pairs)
+
+
+class _Flatten3d(nn.Module):
+    """A 2-D module on (B, C, T*H, W): for attention over all tokens, the same function."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        b, c, tt, hh, ww = x.shape
+        y = self.inner(x.reshape(b, c, tt * hh, ww))
+        return y.reshape(b, y.shape[1], tt, hh, ww)
+
+
+class MHSA3d(Provider):
+    name = "mhsa3d"
+    description = "multi-head self-attention over all T*H*W tokens (1x1 projections + SDPA)"
+
+    def unavailable(self, case, device):
+        return _needs_video(case)
+
+    def build(self, case, device):
+        torch.manual_seed(0)
+        module = _Flatten3d(SelfAttention2d(case.dim, case.dim_out, case.heads))
+        return module.to(device, case.torch_dtype), ""
+
+    def flops(self, case):
+        return flops_mhsa(case)
+
+
 REGISTRY: dict[str, Provider] = {}
 
 
@@ -420,6 +520,11 @@ def register(provider: Provider) -> Provider:
 for _p in (LambdaKernels("cpu"), LambdaKernels("cuda"), LambdaKernels("triton"),
            LambdaKernels("reference"), LambdaNetworks(), TimmLambda(), MHSA(), Conv(3),
            Conv(None), Natten(), DebugFail()):
+    register(_p)
+# Video providers: run by `--preset video` (its provider list), not by the image presets.
+for _p in (LambdaKernels3d("reference"), LambdaKernels3d("cpu"), LambdaKernels3d("triton"),
+           LambdaKernels3d("cuda"), Conv3d(), MHSA3d()):
+    _p.hidden = True
     register(_p)
 
 
@@ -454,13 +559,13 @@ def get(name: str) -> Provider:
 def make_input(case: Case, device: torch.device) -> torch.Tensor:
     """The one input every provider of a case sees (seeded, so subprocesses rebuild it)."""
     g = torch.Generator().manual_seed(1234)
-    x = torch.randn(case.batch, case.dim, case.height, case.width, generator=g)
+    x = torch.randn(case.batch, case.dim, *case.spatial, generator=g)
     return x.to(device=device, dtype=case.torch_dtype)
 
 
 def make_grad(case: Case, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(4321)
-    dy = torch.randn(case.batch, case.dim_out, case.height, case.width, generator=g)
+    dy = torch.randn(case.batch, case.dim_out, *case.spatial, generator=g)
     return dy.to(device=device, dtype=case.torch_dtype)
 
 

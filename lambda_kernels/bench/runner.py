@@ -168,7 +168,7 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
 
     def check(row: dict, y: torch.Tensor) -> None:
         row["out_shape"] = list(y.shape)
-        expected = [case.batch, case.dim_out, case.height, case.width]
+        expected = [case.batch, case.dim_out, *case.spatial]
         if list(y.shape) != expected:
             raise RuntimeError(f"wrong output shape {tuple(y.shape)}, expected {tuple(expected)}")
         if not torch.isfinite(y).all():
