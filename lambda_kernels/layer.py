@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import (lambda_op, run_backend, run_backend3d, select, validate_inputs,
-                         validate_inputs3d)
+from .functional import (lambda_op, lambda_op3d, run_backend, run_backend3d, select,
+                         validate_inputs, validate_inputs3d)
 
 
 class _LambdaBase(nn.Module):
@@ -155,6 +155,7 @@ def _keeps_channels_last(x: torch.Tensor, memory_format=torch.channels_last) -> 
 
 # FX symbolic tracing records calls of lambda_op made from this module as leaf nodes.
 torch.fx.wrap("lambda_op")
+torch.fx.wrap("lambda_op3d")
 
 
 class LambdaLayer(_LambdaBase):
@@ -295,11 +296,11 @@ class LambdaLayer3d(_LambdaBase):
     def project(self, x: torch.Tensor):
         """q (B,h,k,T,H,W), keys (B,u,k,T,H,W), values (B,u,v,T,H,W), pos_table, bias, all one
         dtype."""
-        b, _, tt, hh, ww = x.shape
-        q = self.norm_q(self.to_q(x)).reshape(b, self.heads, self.dim_k, tt, hh, ww)
-        keys = self.to_k(x).reshape(b, self.u, self.dim_k, tt, hh, ww)
-        values = self.norm_v(self.to_v(x)).reshape(b, self.u, self.dim_v, tt, hh, ww)
-        pos_table, bias = self.position_table(tt, hh, ww)
+        q = self.norm_q(self.to_q(x)).unflatten(1, (self.heads, self.dim_k))
+        keys = self.to_k(x).unflatten(1, (self.u, self.dim_k))
+        values = self.norm_v(self.to_v(x)).unflatten(1, (self.u, self.dim_v))
+        # sizes read from q, not x: FX proxies and symbolic sizes (as the 2-D layer)
+        pos_table, bias = self.position_table(q.shape[3], q.shape[4], q.shape[5])
         dtype = values.dtype  # under autocast: the activations' reduced precision
         q, keys, pos_table = q.to(dtype), keys.to(dtype), pos_table.to(dtype)
         bias = None if bias is None else bias.to(dtype)
@@ -321,15 +322,17 @@ class LambdaLayer3d(_LambdaBase):
 
     def _lambda(self, x: torch.Tensor) -> torch.Tensor:
         q, keys, values, pos_table, bias = self.project(x)
-        validate_inputs3d(q, keys, values, pos_table, bias)
-        chosen = select(q, self.backend)
-        self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
-        y = run_backend3d(chosen.backend, q, keys, values, pos_table, bias)
-        return y.reshape(x.shape[0], self.dim_out, *x.shape[2:])
+        if _is_fx_proxy(q):  # FX symbolic tracing: the op is one leaf node of the graph
+            y = lambda_op3d(q, keys, values, pos_table, bias, backend=self.backend)
+        else:
+            validate_inputs3d(q, keys, values, pos_table, bias)
+            chosen = select(q, self.backend)
+            self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
+            y = run_backend3d(chosen.backend, q, keys, values, pos_table, bias)
+        return y.flatten(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        channels_last = _keeps_channels_last(x, torch.channels_last_3d)
+        channels_last = self._checked(x) and _keeps_channels_last(x, torch.channels_last_3d)
         y = self.pool(self._lambda(x))
         if channels_last:
             y = y.contiguous(memory_format=torch.channels_last_3d)

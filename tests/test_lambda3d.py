@@ -437,3 +437,18 @@ def test_jit_trace_records_the_reference_formulas():
     fresh = SHAPES3D[3].inputs(torch.float64, seed=4)
     torch.testing.assert_close(traced(*fresh), reference.lambda_reference3d(*fresh),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not CPU_RUNS, reason="the cpu back end is not built")
+@pytest.mark.parametrize("context", [{"r": (3, 3, 5)}, {"n": (3, 5, 6)}], ids=["local", "global"])
+def test_fx_symbolic_trace_keeps_the_3d_op_as_one_leaf(context):
+    """torch.fx.symbolic_trace: lambda_op3d is one leaf node, and the graph (which reads no
+    Python sizes of the input) serves other volume sizes too."""
+    torch.manual_seed(0)
+    layer = LambdaLayer3d(8, dim_k=4, heads=2, dim_u=2, **context).double().eval()
+    traced = torch.fx.symbolic_trace(layer)
+    leaves = [n for n in traced.graph.nodes if n.op == "call_function" and n.target is lambda_op3d]
+    assert len(leaves) == 1
+    for size in ((3, 5, 6), (2, 4, 3)):
+        x = torch.randn(2, 8, *size, dtype=torch.float64)
+        torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
