@@ -120,7 +120,7 @@ def test_kernels_compile_for_gpu_without_gpu():
 
 _BLACKWELL_COMPILE = """
 import sys
-from lambda_kernels.triton import compile_check as cc
+from lambda_kernels.tools import compile_check as cc
 arch = int(sys.argv[1])
 launch = next(l for l in cc.launches_for(cc.SHAPES["headline"], "bf16")
               if cc.unwrap_kernel(l.kernel)[2].__name__ == "lambda_output_fwd_kernel")
