@@ -25,10 +25,11 @@ from .functional import (lambda_op, lambda_op3d, run_backend, run_backend3d, sel
 
 
 class _LambdaBase(nn.Module):
-    """What the 2-D and 1-D layers share: arguments, the lambda and its bookkeeping. Subclasses
-    build the projections for their rank and give the position table for a map size."""
+    """What the 1-D, 2-D and 3-D layers share: arguments, the lambda and its bookkeeping.
+    Subclasses build the projections for their rank and give the position table for a map
+    size."""
 
-    spatial_rank: int  # 2 for images, 1 for sequences
+    spatial_rank: int  # 1 for sequences, 2 for images, 3 for volumes and video
 
     def __init__(self, dim: int, *, dim_k: int, n: Optional[int], r: Optional[int], heads: int,
                  dim_out: Optional[int], dim_u: int, stride: int, backend: str):
@@ -119,16 +120,20 @@ class _LambdaBase(nn.Module):
     def _lambda(self, x: torch.Tensor) -> torch.Tensor:
         """The lambda of x, shape (B, dim_out, *x.shape[2:]), before any pooling."""
         q, keys, values, pos_table, bias = self.project(x)
+        volume = self.spatial_rank == 3
         if _is_fx_proxy(q):
             # FX symbolic tracing (torch.fx.symbolic_trace, torchvision's feature extraction):
             # the op is one leaf node of the graph; it validates and chooses when the graph runs.
-            y = lambda_op(q, keys, values, pos_table, bias, backend=self.backend)
+            # (Looked up here, in this module's globals, where torch.fx.wrap patches them.)
+            op = lambda_op3d if volume else lambda_op
+            y = op(q, keys, values, pos_table, bias, backend=self.backend)
         else:
-            validate_inputs(q, keys, values, pos_table, bias)
+            (validate_inputs3d if volume else validate_inputs)(q, keys, values, pos_table, bias)
             chosen = select(q, self.backend)
             self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
-            y = run_backend(chosen.backend, q, keys, values, pos_table, bias)
-        y = y.flatten(1, 2)  # (B, h·v, H, W), head-major like upstream
+            y = (run_backend3d if volume else run_backend)(chosen.backend, q, keys, values,
+                                                           pos_table, bias)
+        y = y.flatten(1, 2)  # (B, h·v, *map), head-major like upstream
         return y.squeeze(2) if self.spatial_rank == 1 else y
 
     def _checked(self, x) -> bool:
@@ -319,17 +324,6 @@ class LambdaLayer3d(_LambdaBase):
             raise ValueError(f"global context with n=({nt}, {nh}, {nw}) takes T <= {nt}, "
                              f"H <= {nh}, W <= {nw}; x has T={x.shape[2]}, H={x.shape[3]}, "
                              f"W={x.shape[4]} (build the layer with a larger n)")
-
-    def _lambda(self, x: torch.Tensor) -> torch.Tensor:
-        q, keys, values, pos_table, bias = self.project(x)
-        if _is_fx_proxy(q):  # FX symbolic tracing: the op is one leaf node of the graph
-            y = lambda_op3d(q, keys, values, pos_table, bias, backend=self.backend)
-        else:
-            validate_inputs3d(q, keys, values, pos_table, bias)
-            chosen = select(q, self.backend)
-            self.last_backend, self.last_backend_variant = chosen.backend, chosen.variant
-            y = run_backend3d(chosen.backend, q, keys, values, pos_table, bias)
-        return y.flatten(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = self._checked(x) and _keeps_channels_last(x, torch.channels_last_3d)
