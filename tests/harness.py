@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -430,3 +434,50 @@ def check3d_second_order_against_reference(target: Target, inputs, dtype, seed=1
     the 3-D reference)."""
     check_second_order_against_reference(target, inputs, dtype, seed, op=target.run3d,
                                          reference=lambda_reference3d)
+
+
+# ------------------------------------------------------------------------------ memory rule
+_MEMORY_PROBE = textwrap.dedent("""
+    import json, sys, torch, lambda_kernels
+    op = getattr(lambda_kernels, sys.argv[1])
+    q_shape, keys_shape, values_shape, table_shape, dy_shape = json.loads(sys.argv[2])
+    torch.manual_seed(0)
+    q, keys, values, pos = (torch.randn(*s, requires_grad=True)
+                            for s in (q_shape, keys_shape, values_shape, table_shape))
+    dy = torch.randn(*dy_shape)
+    # one small step first: thread pools and allocator arenas exist before the measurement
+    small = [t[..., :2, :2].detach().clone().requires_grad_() for t in (q, keys, values)]
+    small_table = pos[tuple(slice(0, 3) for _ in range(pos.dim() - 2))].detach()
+    op(*small, small_table, backend="cpu").sum().backward()
+
+    def status_bytes(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+
+    increases = []
+    for _ in range(2):
+        q.grad = keys.grad = values.grad = pos.grad = None
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+        before = status_bytes("VmRSS:")
+        y = op(q, keys, values, pos, backend="cpu")
+        y.backward(dy)
+        del y
+        increases.append(status_bytes("VmHWM:") - before)
+    # first: includes one-time costs (allocator arenas of the worker threads); steady: a repeat.
+    print(json.dumps({"first": increases[0], "steady": increases[-1]}))
+""")
+
+
+def peak_memory_increase(op_name: str, q_shape, keys_shape, values_shape, table_shape,
+                         dy_shape) -> tuple[int, int]:
+    """(first, repeat): the peak resident memory a forward+backward of lambda_kernels.<op_name>
+    on the cpu back end adds, in a fresh process, for inputs of these shapes (float32)."""
+    shapes = json.dumps([list(s) for s in (q_shape, keys_shape, values_shape, table_shape,
+                                           dy_shape)])
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, op_name, shapes],
+                         capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["first"], result["steady"]

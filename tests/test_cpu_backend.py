@@ -4,10 +4,6 @@ Values, gradients, determinism, gradcheck and opcheck on every CPU ISA level are
 tests/test_backends.py (the one harness for all back ends)."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -15,7 +11,7 @@ import torch
 import lambda_kernels
 from lambda_kernels.reference import lambda_reference
 
-from harness import make_inputs, outputs_and_grads
+from harness import make_inputs, outputs_and_grads, peak_memory_increase
 
 _REASON = lambda_kernels.available_backends("cpu").get("cpu")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"cpu back end unavailable: {_REASON}")
@@ -59,45 +55,9 @@ def test_noncontiguous_and_channels_last_inputs():
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 
-_MEMORY_PROBE = textwrap.dedent("""
-    import json, sys, torch, lambda_kernels
-    b, h, k, u, v, hh, ww, rh, rw = map(int, sys.argv[1:10])
-    torch.manual_seed(0)
-    q = torch.randn(b, h, k, hh, ww, requires_grad=True)
-    keys = torch.randn(b, u, k, hh, ww, requires_grad=True)
-    values = torch.randn(b, u, v, hh, ww, requires_grad=True)
-    pos = torch.randn(rh, rw, k, u, requires_grad=True)
-    dy = torch.randn(b, h, v, hh, ww)
-    small = [t[:, :, :, :2, :2].detach().clone().requires_grad_() for t in (q, keys, values)]
-    lambda_kernels.lambda_op(*small, pos[:3, :3].detach(), backend="cpu").sum().backward()
-
-    def status_bytes(key):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-
-    increases = []
-    for _ in range(2):
-        q.grad = keys.grad = values.grad = pos.grad = None
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
-        before = status_bytes("VmRSS:")
-        y = lambda_kernels.lambda_op(q, keys, values, pos, backend="cpu")
-        y.backward(dy)
-        del y
-        increases.append(status_bytes("VmHWM:") - before)
-    # first: includes one-time costs (allocator arenas of the worker threads); steady: a repeat.
-    print(json.dumps({"first": increases[0], "steady": increases[-1]}))
-""")
-
-
 def _peak_increase(b, h, k, u, v, hh, ww, rh, rw):
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE,
-                          *map(str, (b, h, k, u, v, hh, ww, rh, rw))],
-                         capture_output=True, text=True, check=True, timeout=300)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    return result["first"], result["steady"]
+    return peak_memory_increase("lambda_op", (b, h, k, hh, ww), (b, u, k, hh, ww),
+                                (b, u, v, hh, ww), (rh, rw, k, u), (b, h, v, hh, ww))
 
 
 def test_peak_memory_global_context_never_builds_logits():

@@ -8,11 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import json
 import math
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -21,9 +17,9 @@ import torch.nn.functional as F
 import lambda_kernels
 from harness import (QUICK_SHAPES3D, SHAPES3D, TARGETS, Shape3d, Target,
                      check3d_against_reference, check3d_second_order_against_reference,
-                     make_inputs, outputs_and_grads,
+                     make_inputs, outputs_and_grads, peak_memory_increase,
                      target_dtype_shape_params)
-from lambda_kernels import LambdaLayer, LambdaLayer3d, lambda_op, lambda_op3d, reference
+from lambda_kernels import LambdaLayer, LambdaLayer3d, lambda_op3d, reference
 from lambda_kernels.functional import temporal_taps
 
 CPU_RUNS = lambda_kernels.available_backends("cpu")["cpu"] is None
@@ -377,38 +373,6 @@ def test_compiled_layer_fullgraph_matches_eager(backend):
 
 
 # ------------------------------------------------------------------------------ memory rule
-_MEMORY_PROBE = textwrap.dedent("""
-    import json, sys, torch, lambda_kernels
-    b, h, k, u, v, tt, hh, ww, rt, rh, rw = map(int, sys.argv[1:12])
-    torch.manual_seed(0)
-    q = torch.randn(b, h, k, tt, hh, ww, requires_grad=True)
-    keys = torch.randn(b, u, k, tt, hh, ww, requires_grad=True)
-    values = torch.randn(b, u, v, tt, hh, ww, requires_grad=True)
-    pos = torch.randn(rt, rh, rw, k, u, requires_grad=True)
-    dy = torch.randn(b, h, v, tt, hh, ww)
-    small = [t[..., :2, :2, :2].detach().clone().requires_grad_() for t in (q, keys, values)]
-    lambda_kernels.lambda_op3d(*small, pos[:3, :3, :3].detach(), backend="cpu").sum().backward()
-
-    def status_bytes(key):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1]) * 1024
-
-    increases = []
-    for _ in range(2):
-        q.grad = keys.grad = values.grad = pos.grad = None
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set size (VmHWM) to the current one
-        before = status_bytes("VmRSS:")
-        y = lambda_kernels.lambda_op3d(q, keys, values, pos, backend="cpu")
-        y.backward(dy)
-        del y
-        increases.append(status_bytes("VmHWM:") - before)
-    print(json.dumps({"first": increases[0], "steady": increases[-1]}))
-""")
-
-
 @pytest.mark.skipif(not CPU_RUNS, reason="cpu back end unavailable")
 def test_peak_memory_never_builds_positional_lambda():
     # λp (B, k, v, T·H·W) = 268 MB in float32; each input is 2 MB. The same probe as the 2-D
@@ -419,12 +383,11 @@ def test_peak_memory_never_builds_positional_lambda():
     b, h, k, u, v, tt, hh, ww, rt, rh, rw = 1, 1, 128, 1, 128, 4, 32, 32, 3, 5, 5
     lam_p_bytes = 4 * b * tt * hh * ww * k * v
     input_bytes = 4 * b * tt * hh * ww * k
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE,
-                          *map(str, (b, h, k, u, v, tt, hh, ww, rt, rh, rw))],
-                         capture_output=True, text=True, check=True, timeout=300)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["first"] < lam_p_bytes / 2, (result, lam_p_bytes)
-    assert result["steady"] < min(lam_p_bytes / 4, 16 * input_bytes), (result, lam_p_bytes)
+    first, steady = peak_memory_increase(
+        "lambda_op3d", (b, h, k, tt, hh, ww), (b, u, k, tt, hh, ww), (b, u, v, tt, hh, ww),
+        (rt, rh, rw, k, u), (b, h, v, tt, hh, ww))
+    assert first < lam_p_bytes / 2, (first, lam_p_bytes)
+    assert steady < min(lam_p_bytes / 4, 16 * input_bytes), (steady, lam_p_bytes)
 
 
 @pytest.mark.skipif(not CPU_RUNS, reason="cpu back end unavailable")
