@@ -26,6 +26,8 @@ here allocates λp or all logits (the memory rule holds for every order).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.autograd import forward_ad
 
@@ -400,6 +402,8 @@ def _loop_rule(op):
 
 # ------------------------------------------------------------------------------ registration
 _libraries: dict[str, torch.library.Library] = {}
+_ALLOW_OVERRIDE = ({"allow_override": True} if "allow_override" in
+                   inspect.signature(torch.library.Library.impl).parameters else {})
 _functions: dict[str, dict[str, type]] = {}
 
 
@@ -433,10 +437,11 @@ def register_autograd(namespace: str) -> None:
         op = getattr(ops, name)
         functions[name] = _make_function(op, getattr(formulas, f"{name}_vjp"),
                                          getattr(formulas, f"{name}_jvp"), _SAVED[name])
-        # Replaces the kernel torch.library.custom_op/triton_op put there (it has no jvp).
+        # Replaces the kernel torch.library.custom_op/triton_op put there (it has no jvp);
+        # torch 2.11 refuses an override unless asked (allow_override defaults to False there).
         with _quiet_override():
             library.impl(name, _make_autograd_kernel(op.default, functions[name]), "Autograd",
-                         with_keyset=True)
+                         with_keyset=True, **_ALLOW_OVERRIDE)
     _functions[namespace] = functions
     torch.library.register_vmap(f"{namespace}::content_lambda", _fold_rule(ops.content_lambda),
                                 lib=library)
