@@ -7,6 +7,13 @@ import sys
 NAMES = [
     "torch.library.triton_op", "torch.library.wrap_triton", "torch.library.custom_op",
     "torch.library.register_fake", "torch.library.register_autograd", "torch.library.opcheck",
+    "torch.library.register_vmap", "torch.library.Library", "torch.autograd.forward_ad.unpack_dual",
+    "torch._C._is_fwd_grad_enabled", "torch._C._any_requires_grad",
+    "torch._C._AutoDispatchBelowAutograd", "torch._C._after_autograd_keyset",
+    "torch._C._functorch.is_functorch_wrapped_tensor", "torch._C._get_tracing_state",
+    "torch._C._set_tracing_state", "torch.utils._python_dispatch._disable_current_modes",
+    "torch.compiler.is_exporting", "torch.onnx.is_in_onnx_export", "torch.fx.wrap",
+    "torch.func.jvp", "torch.func.vmap",
     "torch._dynamo.assume_constant_result", "torch.compiler.is_compiling",
     "torch._guards.detect_fake_mode", "torch.export.export", "torch.utils.cpp_extension.load",
     "torch.utils.cpp_extension.CUDAExtension", "torch.utils.cpp_extension.BuildExtension",
