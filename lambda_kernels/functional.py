@@ -252,14 +252,22 @@ def run_backend(name: str, q, keys, values, pos_table, bias=None) -> torch.Tenso
         # plain autograd through the reference formulas.
         forward = chosen.forward if chosen.ops is None else backends.get("reference").forward
         return forward(*_dense_gradients(q, keys, values, pos_table, bias))
+    ops = _fused_ops(chosen)
+    return ops.lambda_output(q, values, pos_table, _lambda_with_bias(ops, keys, values, bias))
+
+
+def _fused_ops(chosen: backends.Backend):
+    """A fused back end's ops as lambda_op calls them. Eager: the ops' autograd.Functions,
+    which torch.func transforms (jvp, grad, vmap, hessian) need at Python level; their
+    derivatives are differentiable to any order. Traced (torch.compile/export): the ops."""
     ops = chosen.ops()
-    if not _graph_is_traced():
-        # Eager: the ops' autograd.Functions, which torch.func transforms (jvp, grad, vmap,
-        # hessian) need at Python level; their derivatives are differentiable to any order.
-        ops = _op_registrations.differentiable_ops(ops.namespace)
+    return ops if _graph_is_traced() else _op_registrations.differentiable_ops(ops.namespace)
+
+
+def _lambda_with_bias(ops, keys, values, bias):
+    """Λ = λc + bias (B, k, v): the content lambda and the position table's bias."""
     lam_c, _ = ops.content_lambda(keys, values)
-    lam = lam_c if bias is None else lam_c + bias.view(1, -1, 1)
-    return ops.lambda_output(q, values, pos_table, lam)
+    return lam_c if bias is None else lam_c + bias.view(1, -1, 1)
 
 
 def lambda_op(q, keys, values, pos_table, bias=None, *, backend: str = "auto") -> torch.Tensor:
@@ -338,14 +346,11 @@ def run_backend3d(name: str, q, keys, values, pos_table, bias=None) -> torch.Ten
         # truth (and an empty batch needs no kernel).
         return lambda_reference3d(*_dense_gradients(q, keys, values, pos_table, bias))
     q, keys, values, pos_table, bias = _dense_gradients(q, keys, values, pos_table, bias)
-    ops = chosen.ops()
-    if not _graph_is_traced():  # eager: the differentiable ops, as run_backend
-        ops = _op_registrations.differentiable_ops(ops.namespace)
+    ops = _fused_ops(chosen)
     b, h, k, frames, hh, ww = q.shape
     u, v = keys.shape[1], values.shape[2]
-    lam_c, _ = ops.content_lambda(keys.reshape(b, u, k, frames * hh, ww),
-                                  values.reshape(b, u, v, frames * hh, ww))
-    lam = lam_c if bias is None else lam_c + bias.view(1, -1, 1)
+    lam = _lambda_with_bias(ops, keys.reshape(b, u, k, frames * hh, ww),
+                            values.reshape(b, u, v, frames * hh, ww), bias)
     q_tm = q.permute(3, 0, 1, 2, 4, 5).contiguous()  # (T, B, h, k, H, W)
     values_tm = values.permute(3, 0, 1, 2, 4, 5).contiguous()  # (T, B, u, v, H, W)
     y_tm = None
