@@ -226,6 +226,18 @@ def make_inputs(batch=2, heads=2, dim_k=3, dim_u=2, dim_v=4, height=5, width=4, 
     return q, keys, values, pos_table, b
 
 
+def perturb_batch_norms(layer):
+    """Non-trivial batch-norm statistics and affine parameters of a lambda layer's norm_q and
+    norm_v, so eval mode is exercised; returns the layer."""
+    with torch.no_grad():
+        for bn in (layer.norm_q, layer.norm_v):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+    return layer
+
+
 # ------------------------------------------------------------------------------ comparison
 def outputs_and_grads(fn, inputs, dy):
     """[y, then the gradient of every non-None input] of y = fn(*inputs) for output grad dy."""

@@ -18,6 +18,7 @@ import lambda_kernels
 from harness import (QUICK_SHAPES3D, SHAPES3D, TARGETS, Shape3d, Target,
                      check3d_against_reference, check3d_second_order_against_reference,
                      make_inputs, outputs_and_grads, peak_memory_increase,
+                     perturb_batch_norms,
                      target_dtype_shape_params)
 from lambda_kernels import LambdaLayer, LambdaLayer3d, lambda_op3d, reference
 from lambda_kernels.functional import temporal_taps
@@ -211,12 +212,8 @@ LAYER_TARGETS = [t for t in TARGETS if t.device == "cpu"]
 
 def _perturb(layer):
     """Non-trivial batch-norm state and table so eval mode and the table are exercised."""
+    perturb_batch_norms(layer)
     with torch.no_grad():
-        for bn in (layer.norm_q, layer.norm_v):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 1.5)
         if not layer.local_contexts:
             layer.rel_pos_emb.mul_(0.3)
     return layer

@@ -6,6 +6,7 @@ lambda_networks = pytest.importorskip("lambda_networks")
 
 import lambda_kernels  # noqa: E402
 from lambda_kernels import LambdaLayer, λLayer  # noqa: E402
+from harness import perturb_batch_norms  # noqa: E402
 
 # Back ends that run CPU tensors here. Triton on CPU is its interpreter (fp32/fp16, ~1000x slower
 # than a compiled kernel): its layer is checked in test_triton_backend.py, not in these sweeps.
@@ -26,16 +27,6 @@ def _square_size(cfg):
     return cfg.get("n") or 6
 
 
-def _perturb(module):
-    """Non-trivial batch-norm statistics and affine parameters so eval mode is exercised."""
-    with torch.no_grad():
-        for bn in (module.norm_q, module.norm_v):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.5, 0.5)
-            bn.running_mean.uniform_(-0.2, 0.2)
-            bn.running_var.uniform_(0.5, 1.5)
-
-
 def test_backends_under_test_include_a_fused_one_or_reference():
     assert "reference" in CPU_BACKENDS
 
@@ -47,7 +38,7 @@ def test_backends_under_test_include_a_fused_one_or_reference():
 def test_upstream_state_dict_loads_and_matches(cfg, backend, train, dtype):
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
     upstream = lambda_networks.LambdaLayer(**cfg).to(dtype)
-    _perturb(upstream)
+    perturb_batch_norms(upstream)
     ours = LambdaLayer(**cfg, backend=backend).to(dtype)
     ours.load_state_dict(upstream.state_dict(), strict=True)
     assert set(ours.state_dict()) == set(upstream.state_dict())
@@ -158,7 +149,7 @@ def test_layer_gradcheck_float64(backend, batch, train, context):
     gets wrong: the op must return dense gradients)."""
     kwargs = dict(r=3) if context == "local" else dict(n=4)
     layer = LambdaLayer(4, dim_k=2, heads=2, dim_u=2, backend=backend, **kwargs).double()
-    _perturb(layer)
+    perturb_batch_norms(layer)
     layer.train(train)
     params = {name: p.detach().clone().requires_grad_() for name, p in layer.named_parameters()}
     buffers = {name: b.clone() for name, b in layer.named_buffers()}
@@ -178,7 +169,7 @@ def test_layer_gradient_does_not_depend_on_the_output_gradient_layout(backend):
     """The strided-gradient repro on the layer: an output gradient laid out (1, C, H, W) with
     strides (1, 1, W·C, C) gives the same gradients as the same values laid out contiguously."""
     layer = LambdaLayer(4, dim_k=2, r=3, heads=2, dim_u=2, backend=backend).double()
-    _perturb(layer)
+    perturb_batch_norms(layer)
     x = torch.randn(1, 4, 4, 4, dtype=torch.float64)
     grad = torch.randn(1, 4, 4, 4, dtype=torch.float64)
     strided = torch.empty_strided((1, 4, 4, 4), (1, 1, 16, 4), dtype=torch.float64)
@@ -222,7 +213,7 @@ def test_layer_1d_matches_reference_and_gradcheck(backend, kwargs, length):
 
     kwargs = {"heads": 2, **kwargs}
     layer = LambdaLayer1d(6, dim_k=3, dim_out=4, backend=backend, **kwargs).double()
-    _perturb(layer)
+    perturb_batch_norms(layer)
     x = torch.randn(2, 6, length, dtype=torch.float64, requires_grad=True)
     y = layer(x)
     assert tuple(y.shape) == (2, 4, length) and layer.last_backend == backend
