@@ -32,17 +32,17 @@ inline void check_content_inputs(const at::Tensor& keys, const at::Tensor& value
               values.sizes());
 }
 
-// stats (B, u, k): log-sum-exp of each softmax row, in the accumulation dtype.
-inline void check_stats(const at::Tensor& stats, const at::Tensor& keys) {
-  TORCH_CHECK(stats.dim() == 3 && stats.size(0) == keys.size(0) &&
-                  stats.size(1) == keys.size(1) && stats.size(2) == keys.size(2),
-              "stats must have shape (B, u, k) = ", keys.sizes().slice(0, 3), ", got ",
-              stats.sizes());
-  TORCH_CHECK(stats.device() == keys.device(), "stats must be on ", keys.device());
-  TORCH_CHECK(stats.scalar_type() ==
+// lse (B, u, k): log-sum-exp of each softmax row, in the accumulation dtype.
+inline void check_lse(const at::Tensor& lse, const at::Tensor& keys) {
+  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == keys.size(0) &&
+                  lse.size(1) == keys.size(1) && lse.size(2) == keys.size(2),
+              "lse must have shape (B, u, k) = ", keys.sizes().slice(0, 3), ", got ",
+              lse.sizes());
+  TORCH_CHECK(lse.device() == keys.device(), "lse must be on ", keys.device());
+  TORCH_CHECK(lse.scalar_type() ==
                   (keys.scalar_type() == at::kDouble ? at::kDouble : at::kFloat),
-              "stats must be float64 for float64 keys and float32 otherwise, got ",
-              stats.scalar_type());
+              "lse must be float64 for float64 keys and float32 otherwise, got ",
+              lse.scalar_type());
 }
 
 // lam (B, k, v): the content lambda plus bias.
@@ -89,21 +89,23 @@ inline void check_output_grad(const at::Tensor& dy, const at::Tensor& q,
 // The checked, contiguous inputs of content_lambda_backward, d_lam in the accumulation dtype:
 // the boundary every implementation starts from.
 struct ContentBackwardInputs {
-  at::Tensor d_lam, keys, values, stats;
+  at::Tensor d_lam, keys, values, lse;
 };
 
 inline ContentBackwardInputs prepare_content_backward(const at::Tensor& d_lam,
                                                       const at::Tensor& keys,
                                                       const at::Tensor& values,
-                                                      const at::Tensor& stats) {
+                                                      const at::Tensor& lse) {
   check_content_inputs(keys, values);
-  check_stats(stats, keys);
+  check_lse(lse, keys);
   check_lam(d_lam, "d_lam_c", keys.size(0), keys.size(2), values.size(2), values);
-  return {d_lam.to(stats.scalar_type()).contiguous(), keys.contiguous(), values.contiguous(),
-          stats.contiguous()};
+  return {d_lam.to(lse.scalar_type()).contiguous(), keys.contiguous(), values.contiguous(),
+          lse.contiguous()};
 }
 
-inline at::ScalarType stats_dtype(at::ScalarType input) {
+// The accumulation dtype of every kernel (and of lse, d_lam): float64 for float64 inputs,
+// float32 for everything else.
+inline at::ScalarType accumulation_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 

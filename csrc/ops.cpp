@@ -2,8 +2,8 @@
 // key in csrc/cpu/ and csrc/cuda/; fake (meta) implementations and the autograd formulas live in
 // lambda_kernels/_op_registrations.py.
 //
-//   content_lambda(keys, values) -> (lam_c (B,k,v), stats (B,u,k) log-sum-exp of softmax rows)
-//   content_lambda_backward(d_lam_c, keys, values, stats) -> (d_keys, d_values)
+//   content_lambda(keys, values) -> (lam_c (B,k,v), lse (B,u,k) log-sum-exp of softmax rows)
+//   content_lambda_backward(d_lam_c, keys, values, lse) -> (d_keys, d_values)
 //   lambda_output(q, values, pos_table, lam) -> y (B,h,v,H,W)
 //   lambda_output_backward(dy, q, values, pos_table, lam) -> (d_q, d_values, d_pos_table, d_lam)
 #include <Python.h>
@@ -12,7 +12,7 @@
 TORCH_LIBRARY(lambda_kernels, m) {
   m.def("content_lambda(Tensor keys, Tensor values) -> (Tensor, Tensor)");
   m.def(
-      "content_lambda_backward(Tensor d_lam_c, Tensor keys, Tensor values, Tensor stats) -> "
+      "content_lambda_backward(Tensor d_lam_c, Tensor keys, Tensor values, Tensor lse) -> "
       "(Tensor, Tensor)");
   m.def("lambda_output(Tensor q, Tensor values, Tensor pos_table, Tensor lam) -> Tensor");
   m.def(

@@ -34,7 +34,8 @@ from torch.autograd import forward_ad
 OP_NAMES = ("content_lambda", "content_lambda_backward", "lambda_output", "lambda_output_backward")
 
 
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in (and return lse in): float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -42,7 +43,7 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
 def content_lambda(keys, values):
     b, u, k = keys.shape[:3]
     lam_c = keys.new_empty((b, k, values.shape[2]))
-    lse = keys.new_empty((b, u, k), dtype=stats_dtype(keys.dtype))
+    lse = keys.new_empty((b, u, k), dtype=accumulation_dtype(keys.dtype))
     return lam_c, lse
 
 

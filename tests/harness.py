@@ -374,11 +374,11 @@ def opcheck_samples(device: str, dtype: torch.dtype, few: bool = False):
         q, keys, values, pos_table, _ = shape.inputs(dtype, device, seed=3)
         lam = torch.randn(shape.batch, shape.dim_k, shape.dim_v, dtype=torch.float64).to(
             device=device, dtype=dtype)
-        stats = keys.flatten(3).double().logsumexp(-1).to(
+        lse = keys.flatten(3).double().logsumexp(-1).to(
             torch.float64 if dtype == torch.float64 else torch.float32)
         dy = _output_grad(shape.output_shape(), device).to(dtype)
         samples["content_lambda"].append((keys, values))
-        samples["content_lambda_backward"].append((torch.randn_like(lam), keys, values, stats))
+        samples["content_lambda_backward"].append((torch.randn_like(lam), keys, values, lse))
         samples["lambda_output"].append((q, values, pos_table, lam))
         samples["lambda_output_backward"].append((dy, q, values, pos_table, lam))
     return samples

@@ -19,12 +19,12 @@ def _op_samples(dtype):
         q, keys, values, pos_table, _ = make_inputs(dtype=dtype, requires_grad=True, **shape)
         batch, heads, dim_k = q.shape[:3]
         lam = torch.randn(batch, dim_k, values.shape[2], dtype=dtype, requires_grad=True)
-        stats = torch.ops.lambda_kernels.content_lambda(keys.detach(), values.detach())[1]
+        lse = torch.ops.lambda_kernels.content_lambda(keys.detach(), values.detach())[1]
         d_lam_c = torch.randn_like(lam)
         dy = torch.randn(batch, heads, values.shape[2], *q.shape[3:], dtype=dtype)
         yield {
             "content_lambda": (keys, values),
-            "content_lambda_backward": (d_lam_c, keys, values, stats),
+            "content_lambda_backward": (d_lam_c, keys, values, lse),
             "lambda_output": (q, values, pos_table, lam),
             "lambda_output_backward": (dy, q, values, pos_table, lam),
         }

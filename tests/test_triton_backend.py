@@ -69,10 +69,10 @@ def test_interpreter_ops_are_library_ops():
     ns = getattr(torch.ops, lk_triton.NAMESPACE)
     keys = torch.randn(2, 2, 3, 4, 5)
     values = torch.randn(2, 2, 4, 4, 5)
-    lam_c, stats = ns.content_lambda(keys, values)
-    assert stats.dtype == torch.float32 and stats.shape == (2, 2, 3)
+    lam_c, lse = ns.content_lambda(keys, values)
+    assert lse.dtype == torch.float32 and lse.shape == (2, 2, 3)
     torch.testing.assert_close(lam_c, reference.content_lambda(keys, values))
-    torch.testing.assert_close(stats, keys.flatten(3).logsumexp(-1))
+    torch.testing.assert_close(lse, keys.flatten(3).logsumexp(-1))
 
 
 @needs_interpreter
@@ -322,7 +322,7 @@ def test_cuda_never_allocates_positional_lambda():
                          rw=r, dtype=torch.float32, device="cuda", requires_grad=True)
     n = hh * ww
     big = min(b * n * k * v, b * h * n * r * r) * 4
-    # y, dy, dq, dkeys, dvalues (two parts and their sum), dpos_table, dbias, λ and stats.
+    # y, dy, dq, dkeys, dvalues (two parts and their sum), d_pos_table, dbias, λ and lse.
     io = (2 * b * h * v * n + b * h * k * n + b * u * k * n + 3 * b * u * v * n
           + r * r * k * u + k + 2 * b * k * v + b * u * k) * 4
     torch.cuda.synchronize()

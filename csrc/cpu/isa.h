@@ -28,11 +28,11 @@ enum class CpuIsa : int {
 // (ops_cpu.cpp); outputs are allocated by them.
 struct CpuKernels {
   const char* name;
-  // lam_c_partial (B, u, k, v) and stats (B, u, k), in the accumulation dtype.
+  // lam_c_partial (B, u, k, v) and lse (B, u, k), in the accumulation dtype.
   void (*content_lambda)(const at::Tensor& keys, const at::Tensor& values,
-                         at::Tensor& lam_c_partial, at::Tensor& stats);
+                         at::Tensor& lam_c_partial, at::Tensor& lse);
   void (*content_lambda_backward)(const at::Tensor& d_lam, const at::Tensor& keys,
-                                  const at::Tensor& values, const at::Tensor& stats,
+                                  const at::Tensor& values, const at::Tensor& lse,
                                   at::Tensor& d_keys, at::Tensor& d_values);
   void (*lambda_output)(const at::Tensor& q, const at::Tensor& values,
                         const at::Tensor& pos_table, const at::Tensor& lam, at::Tensor& y);

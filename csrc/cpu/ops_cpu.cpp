@@ -18,29 +18,29 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_cpu(const at::Tensor& keys_in,
   const at::Tensor keys = keys_in.contiguous();
   const at::Tensor values = values_in.contiguous();
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
-  const auto acc_dtype = stats_dtype(keys.scalar_type());
-  at::Tensor stats = at::empty({B, U, K}, keys.options().dtype(acc_dtype));
+  const auto acc_dtype = accumulation_dtype(keys.scalar_type());
+  at::Tensor lse = at::empty({B, U, K}, keys.options().dtype(acc_dtype));
   at::Tensor partial = at::empty({B, U, K, V}, keys.options().dtype(acc_dtype));
   if (keys.numel() > 0 && values.numel() > 0) {
-    cpu::active_kernels().content_lambda(keys, values, partial, stats);
+    cpu::active_kernels().content_lambda(keys, values, partial, lse);
   } else {
     partial.zero_();
-    stats.fill_(-std::numeric_limits<double>::infinity());
+    lse.fill_(-std::numeric_limits<double>::infinity());
   }
   // Fixed-order sum over u of the per-(b, u) partials.
-  return {partial.sum(1).to(keys.scalar_type()), stats};
+  return {partial.sum(1).to(keys.scalar_type()), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cpu(const at::Tensor& d_lam_in,
                                                                const at::Tensor& keys_in,
                                                                const at::Tensor& values_in,
-                                                               const at::Tensor& stats_in) {
+                                                               const at::Tensor& lse_in) {
   const ContentBackwardInputs in =
-      prepare_content_backward(d_lam_in, keys_in, values_in, stats_in);
+      prepare_content_backward(d_lam_in, keys_in, values_in, lse_in);
   at::Tensor d_keys = at::empty_like(in.keys);
   at::Tensor d_values = at::empty_like(in.values);
   if (in.keys.numel() > 0 && in.values.numel() > 0)
-    cpu::active_kernels().content_lambda_backward(in.d_lam, in.keys, in.values, in.stats, d_keys,
+    cpu::active_kernels().content_lambda_backward(in.d_lam, in.keys, in.values, in.lse, d_keys,
                                                   d_values);
   return {d_keys, d_values};
 }

@@ -118,8 +118,8 @@ def _probe_inputs(device, dtype):
 def _run_probe(ops: FusedOps, device, dtype) -> None:
     q, keys, values, table = _probe_inputs(device, dtype)
     with torch.no_grad():
-        lam, stats = ops.content_lambda(keys, values)
-        ops.content_lambda_backward(lam, keys, values, stats)
+        lam, lse = ops.content_lambda(keys, values)
+        ops.content_lambda_backward(lam, keys, values, lse)
         y = ops.lambda_output(q, values, table, lam)
         ops.lambda_output_backward(y, q, values, table, lam)
     if device.type == "cuda":

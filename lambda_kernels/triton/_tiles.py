@@ -51,7 +51,14 @@ def dot_precision(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def position_block(n_positions: int, cap: int = 64) -> int:
+# Positions per step of the kernels that stream over positions (content lambda, dΛ): every
+# position is read once whatever the step, so a step only has to fill a tl.dot's reduction
+# extent (a multiple of DOT_MIN) and amortise the loop's bookkeeping; 64 does both while each
+# (channels × positions) tile stays at a few registers per thread.
+POSITION_CAP = 64
+
+
+def position_block(n_positions: int, cap: int = POSITION_CAP) -> int:
     return min(pow2(n_positions, DOT_MIN), cap)
 
 

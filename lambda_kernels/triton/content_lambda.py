@@ -3,8 +3,8 @@
 Math (keys (B,u,k,N), values (B,u,v,N), N = H·W positions; σ = softmax of keys over N):
 
     forward    λc[b,k,v]     = Σ_u Σ_m σ[b,u,k,m] · values[b,u,v,m]
-               stats[b,u,k]  = log Σ_m exp(keys[b,u,k,m])           (log-sum-exp, float32)
-    backward   σ[b,u,k,m]    = exp(keys[b,u,k,m] − stats[b,u,k])    (recomputed, never stored)
+               lse[b,u,k]    = log Σ_m exp(keys[b,u,k,m])           (log-sum-exp, float32)
+    backward   σ[b,u,k,m]    = exp(keys[b,u,k,m] − lse[b,u,k])      (recomputed, never stored)
                dσ[b,u,k,m]   = Σ_v dλc[b,k,v] · values[b,u,v,m]
                D[b,u,k]      = Σ_m σ · dσ
                dkeys         = σ · (dσ − D)
@@ -30,11 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiles import (Launch, block_range, channel_block, dot_precision, load_tile,
+from ._tiles import (POSITION_CAP, Launch, block_range, channel_block, dot_precision, load_tile,
                       position_block, position_block_for, prune_to_default, run_launches)
 
 
 # The forward streams keys and values through a software pipeline: stages and warps are tuned.
+# Its λc accumulator (k × v) and probabilities (k × positions) stay in fp32 registers across the
+# position loop: at 64 k and 64 v each tile is 64·64·4 bytes over 128 threads (4 warps), 32
+# registers per thread, leaving the rest of the budget to the operands. Wider k or v take more
+# programs (a v tile recomputes its k rows' softmax, a few exponentials next to the products).
+FWD_CHANNEL_CAP = 64
 FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
 
 
@@ -42,7 +47,7 @@ FWD_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for 
                  prune_configs_by={"early_config_prune": prune_to_default})
 @triton.jit
 def content_lambda_fwd_kernel(
-    keys_ptr, values_ptr, lam_ptr, stats_ptr,
+    keys_ptr, values_ptr, lam_ptr, lse_ptr,
     U, K, V, N,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -78,14 +83,14 @@ def content_lambda_fwd_kernel(
         safe_sum = tl.where(row_sum > 0, row_sum, 1.0)
         lam += acc / safe_sum[:, None]
         log_sum_exp = row_max + tl.log(safe_sum)
-        tl.store(stats_ptr + (b * U + u) * K + offs_k, log_sum_exp, mask=mask_k & (v_tile == 0))
+        tl.store(lse_ptr + (b * U + u) * K + offs_k, log_sum_exp, mask=mask_k & (v_tile == 0))
     lam_ptrs = lam_ptr + b.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
     tl.store(lam_ptrs, lam.to(lam_ptr.dtype.element_ty), mask=mask_k[:, None] & mask_v[None, :])
 
 
 @triton.jit
 def content_lambda_bwd_rowdot_kernel(
-    d_lam_ptr, keys_ptr, values_ptr, stats_ptr, rowdot_ptr,
+    d_lam_ptr, keys_ptr, values_ptr, lse_ptr, rowdot_ptr,
     U, K, V, N,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -96,7 +101,7 @@ def content_lambda_bwd_rowdot_kernel(
     offs_k, mask_k = block_range(0, BLOCK_K, K)
     offs_v, mask_v = block_range(0, BLOCK_V, V)
     d_lam = load_tile(d_lam_ptr + b * K * V, offs_k, V, mask_k, offs_v, 1, mask_v)
-    lse = tl.load(stats_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
+    lse = tl.load(lse_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     keys_base = keys_ptr + bu.to(tl.int64) * K * N
     values_base = values_ptr + bu.to(tl.int64) * V * N
     rowdot = tl.zeros((BLOCK_K,), dtype=tl.float32)
@@ -112,7 +117,7 @@ def content_lambda_bwd_rowdot_kernel(
 
 @triton.jit
 def content_lambda_bwd_kernel(
-    d_lam_ptr, keys_ptr, values_ptr, stats_ptr, rowdot_ptr, d_keys_ptr, d_values_ptr,
+    d_lam_ptr, keys_ptr, values_ptr, lse_ptr, rowdot_ptr, d_keys_ptr, d_values_ptr,
     U, K, V, N,
     BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -128,7 +133,7 @@ def content_lambda_bwd_kernel(
     mask_vn = mask_v[:, None] & mask_n[None, :]
     d_lam = load_tile(d_lam_ptr + b * K * V, offs_k, V, mask_k, offs_v, 1, mask_v)
     d_lam_t = load_tile(d_lam_ptr + b * K * V, offs_v, 1, mask_v, offs_k, V, mask_k)
-    lse = tl.load(stats_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
+    lse = tl.load(lse_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     rowdot = tl.load(rowdot_ptr + bu * K + offs_k, mask=mask_k, other=0.0)
     keys_base = keys_ptr + bu.to(tl.int64) * K * N
     values_base = values_ptr + bu.to(tl.int64) * V * N
@@ -151,52 +156,52 @@ def _sizes(keys, values):
     return b, u, k, v, n
 
 
-def content_launches(keys, values, lam_c, stats):
-    """The launch computing λc and the log-sum-exp stats from contiguous keys and values."""
+def content_launches(keys, values, lam_c, lse):
+    """The launch computing λc and the log-sum-exp lse from contiguous keys and values."""
     b, u, k, v, n = _sizes(keys, values)
-    block_k = min(channel_block(k), 64)
-    block_v = min(channel_block(v), 64)
+    block_k = min(channel_block(k), FWD_CHANNEL_CAP)
+    block_v = min(channel_block(v), FWD_CHANNEL_CAP)
     return [Launch(content_lambda_fwd_kernel,
                    (b, triton.cdiv(k, block_k), triton.cdiv(v, block_v)),
-                   (keys, values, lam_c, stats, u, k, v, n),
+                   (keys, values, lam_c, lse, u, k, v, n),
                    dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=position_block(n),
                         PRECISION=dot_precision(keys.dtype)))]
 
 
-def content_backward_launches(d_lam_c, keys, values, stats, d_keys, d_values):
+def content_backward_launches(d_lam_c, keys, values, lse, d_keys, d_values):
     """The launches computing dkeys and dvalues of λc from contiguous inputs: the row dots
     D = Σ_m σ·dσ first (into a (B, u, k) float32 buffer), then both gradients per tile."""
     b, u, k, v, n = _sizes(keys, values)
     rowdot = keys.new_empty((b, u, k), dtype=torch.float32)
     block_k = channel_block(k)
     block_v = channel_block(v)
-    block_n = position_block_for(n, max(block_k, block_v), keys.dtype, cap=64)
+    block_n = position_block_for(n, max(block_k, block_v), keys.dtype, cap=POSITION_CAP)
     meta = dict(BLOCK_K=block_k, BLOCK_V=block_v, BLOCK_N=block_n,
                 PRECISION=dot_precision(keys.dtype))
     return [
         Launch(content_lambda_bwd_rowdot_kernel, (b * u,),
-               (d_lam_c, keys, values, stats, rowdot, u, k, v, n), meta),
+               (d_lam_c, keys, values, lse, rowdot, u, k, v, n), meta),
         Launch(content_lambda_bwd_kernel, (b * u, triton.cdiv(n, block_n)),
-               (d_lam_c, keys, values, stats, rowdot, d_keys, d_values, u, k, v, n), meta),
+               (d_lam_c, keys, values, lse, rowdot, d_keys, d_values, u, k, v, n), meta),
     ]
 
 
 def content_lambda(keys: torch.Tensor, values: torch.Tensor, launch=lambda kernel: kernel):
-    """(λc (B,k,v) in the input dtype, stats (B,u,k) float32 log-sum-exp)."""
+    """(λc (B,k,v) in the input dtype, lse (B,u,k) float32 log-sum-exp)."""
     keys = keys.contiguous()
     values = values.contiguous()
     b, u, k, v, _ = _sizes(keys, values)
     lam_c = keys.new_empty((b, k, v))
-    stats = keys.new_empty((b, u, k), dtype=torch.float32)
-    run_launches(content_launches(keys, values, lam_c, stats), launch)
-    return lam_c, stats
+    lse = keys.new_empty((b, u, k), dtype=torch.float32)
+    run_launches(content_launches(keys, values, lam_c, lse), launch)
+    return lam_c, lse
 
 
-def content_lambda_backward(d_lam_c, keys, values, stats, launch=lambda kernel: kernel):
-    """(dkeys, dvalues) of λc, given dλc (B,k,v) and the forward's log-sum-exp stats."""
-    d_lam_c, keys, values, stats = (t.contiguous() for t in (d_lam_c, keys, values, stats))
+def content_lambda_backward(d_lam_c, keys, values, lse, launch=lambda kernel: kernel):
+    """(dkeys, dvalues) of λc, given dλc (B,k,v) and the forward's log-sum-exp lse."""
+    d_lam_c, keys, values, lse = (t.contiguous() for t in (d_lam_c, keys, values, lse))
     d_keys = torch.empty_like(keys, memory_format=torch.contiguous_format)
     d_values = torch.empty_like(values, memory_format=torch.contiguous_format)
-    run_launches(content_backward_launches(d_lam_c, keys, values, stats, d_keys, d_values),
+    run_launches(content_backward_launches(d_lam_c, keys, values, lse, d_keys, d_values),
                  launch)
     return d_keys, d_values

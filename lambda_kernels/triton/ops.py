@@ -1,8 +1,8 @@
 """The Triton kernel families as torch.library ops, so torch.compile / torch.export trace them
 and fake tensors get shapes without running a kernel:
 
-    lambda_kernels_triton::content_lambda(keys, values) -> (lam_c, stats)
-    lambda_kernels_triton::content_lambda_backward(d_lam_c, keys, values, stats)
+    lambda_kernels_triton::content_lambda(keys, values) -> (lam_c, lse)
+    lambda_kernels_triton::content_lambda_backward(d_lam_c, keys, values, lse)
         -> (d_keys, d_values)
     lambda_kernels_triton::lambda_output(q, values, pos_table, lam) -> y
     lambda_kernels_triton::lambda_output_backward(dy, q, values, pos_table, lam)
@@ -62,8 +62,8 @@ def content_lambda(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tens
 
 @_register
 def content_lambda_backward(d_lam_c: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                            stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _content.content_lambda_backward(d_lam_c, keys, values, stats, launch=_launch)
+                            lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _content.content_lambda_backward(d_lam_c, keys, values, lse, launch=_launch)
 
 
 @_register
