@@ -12,10 +12,11 @@ and the Triton ops (`lambda_kernels_triton`) alike:
 Why the derivatives can be written with the ops (docs/design.md, "Derivatives of every order"):
 the positional ops are multilinear. y = lambda_output(q, values, E, Λ) is linear in q, in
 values and in (E, Λ) separately, and each output of lambda_output_backward(dy, q, values, E, Λ)
-= (dq, dvalues, dE, dΛ) is a sum of products with one factor from each of a few arguments:
+= (dq, dvalues, d_pos_table, dΛ) is a sum of products with one factor from each of a few
+arguments:
 
-    dq      = dy·Λᵀ + Σ E·g(dy, values)       dvalues = Σ s(q, E)·dy
-    dE      = Σ q·g(dy, values)                dΛ      = Σ q·dy
+    dq          = dy·Λᵀ + Σ E·g(dy, values)       dvalues = Σ s(q, E)·dy
+    d_pos_table = Σ q·g(dy, values)                dΛ      = Σ q·dy
 
 So a tangent is the op evaluated with one argument replaced by its tangent (and the arguments a
 term does not contain set to zero), and a vector-Jacobian product of the backward op is the
@@ -227,22 +228,22 @@ class _Formulas:
             total = q.new_zeros((b, h, values.shape[2], hh, ww))
         return total
 
-    # ---- lambda_output_backward(dy, q, values, E, Λ) -> (dq, dvalues, dE, dΛ)
+    # ---- lambda_output_backward(dy, q, values, E, Λ) -> (dq, dvalues, d_pos_table, dΛ)
     def lambda_output_backward_vjp(self, saved, g_q, g_values, g_table, g_lam):
         dy, q, values, table, lam = saved
         out, back = self.ops.lambda_output, self.ops.lambda_output_backward
         g_q, g_values, g_table, g_lam = _c(g_q), _c(g_values), _c(g_table), _c(g_lam)
-        d_dy, d_q, d_values, d_table, d_lam = [], [], [], [], []
+        d_dy, d_q, d_values, d_pos_table, d_lam = [], [], [], [], []
         if g_q is not None:  # ⟨g_q, dq⟩ = ⟨dy, y(g_q, values, E, Λ)⟩
             d_dy.append(out(g_q, values, table, lam))
-            _, dv, de, dl = back(dy, g_q, values, table, lam)
-            d_values.append(dv), d_table.append(de), d_lam.append(dl)
+            _, dv, d_pos_table_term, dl = back(dy, g_q, values, table, lam)
+            d_values.append(dv), d_pos_table.append(d_pos_table_term), d_lam.append(dl)
         if g_values is not None:  # ⟨g_values, dvalues⟩ = ⟨dy, y_positional(q, g_values, E)⟩
             zero_lam = torch.zeros_like(lam)
             d_dy.append(out(q, g_values, table, zero_lam))
-            dq, _, de, _ = back(dy, q, g_values, table, zero_lam)
-            d_q.append(dq), d_table.append(de)
-        if g_table is not None:  # ⟨g_E, dE⟩ + ⟨g_Λ, dΛ⟩ = ⟨dy, y(q, values, g_E, g_Λ)⟩
+            dq, _, d_pos_table_term, _ = back(dy, q, g_values, table, zero_lam)
+            d_q.append(dq), d_pos_table.append(d_pos_table_term)
+        if g_table is not None:  # ⟨g_E, d_pos_table⟩ + ⟨g_Λ, dΛ⟩ = ⟨dy, y(q, values, g_E, g_Λ)⟩
             g_lam_or_zero = torch.zeros_like(lam) if g_lam is None else g_lam
             d_dy.append(out(q, values, g_table, g_lam_or_zero))
             dq, dv, _, _ = back(dy, q, values, g_table, g_lam_or_zero)
@@ -250,23 +251,23 @@ class _Formulas:
         elif g_lam is not None:
             d_dy.append(_content_term(q, g_lam))
             d_q.append(_dq_content(dy, g_lam))
-        return _add(*d_dy), _add(*d_q), _add(*d_values), _add(*d_table), _add(*d_lam)
+        return _add(*d_dy), _add(*d_q), _add(*d_values), _add(*d_pos_table), _add(*d_lam)
 
     def lambda_output_backward_jvp(self, saved, t_dy, t_q, t_values, t_table, t_lam):
         dy, q, values, table, lam = saved
         back = self.ops.lambda_output_backward
         t_dy, t_q, t_values, t_table, t_lam = _c(t_dy), _c(t_q), _c(t_values), _c(t_table), \
             _c(t_lam)
-        dq, dv, de, dl = [], [], [], []
+        dq, dv, d_pos_table, dl = [], [], [], []
         if t_dy is not None:  # every output is linear in dy
             a, b, c, d = back(t_dy, q, values, table, lam)
-            dq.append(a), dv.append(b), de.append(c), dl.append(d)
-        if t_q is not None:  # dvalues, dE, dΛ contain q; dq does not
+            dq.append(a), dv.append(b), d_pos_table.append(c), dl.append(d)
+        if t_q is not None:  # dvalues, d_pos_table, dΛ contain q; dq does not
             _, b, c, d = back(dy, t_q, values, table, lam)
-            dv.append(b), de.append(c), dl.append(d)
-        if t_values is not None:  # dq's positional term and dE contain values
+            dv.append(b), d_pos_table.append(c), dl.append(d)
+        if t_values is not None:  # dq's positional term and d_pos_table contain values
             a, _, c, _ = back(dy, q, t_values, table, torch.zeros_like(lam))
-            dq.append(a), de.append(c)
+            dq.append(a), d_pos_table.append(c)
         if t_table is not None:  # dq's positional term and dvalues contain E
             a, b, _, _ = back(dy, q, values, t_table, torch.zeros_like(lam))
             dq.append(a), dv.append(b)
@@ -275,7 +276,7 @@ class _Formulas:
         zeros = (torch.zeros_like(q), torch.zeros_like(values), torch.zeros_like(table),
                  torch.zeros_like(lam))
         return tuple(z if not terms else _add(*terms)
-                     for z, terms in zip(zeros, (dq, dv, de, dl)))
+                     for z, terms in zip(zeros, (dq, dv, d_pos_table, dl)))
 
 
 # ------------------------------------------------------------------------------ autograd
@@ -450,7 +451,7 @@ def register_autograd(namespace: str) -> None:
                                 _fold_rule(ops.content_lambda_backward), lib=library)
     torch.library.register_vmap(f"{namespace}::lambda_output",
                                 _fold_rule(ops.lambda_output, shared=(2,)), lib=library)
-    # dE sums over the batch: folding would sum over the mapped samples too.
+    # d_pos_table sums over the batch: folding would sum over the mapped samples too.
     torch.library.register_vmap(f"{namespace}::lambda_output_backward",
                                 _loop_rule(ops.lambda_output_backward), lib=library)
 

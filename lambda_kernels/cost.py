@@ -10,10 +10,11 @@ math" and "Two associations"):
     logits        h·(k + v)                  3·h·k + 2·h·v
     lambda_p      k·v                        3·k·v
 
-Logits: logits = E·q (h·k per tap), y += logits·values (h·v); the backward recomputes the
-logits (h·k), forms d logits = dy·values (h·v), then dq (h·k), dE (h·k) and d values (h·v).
+Logits: logits = E·q (h·k per tap, E the position table), y += logits·values (h·v); the
+backward recomputes the logits (h·k), forms d logits = dy·values (h·v), then dq (h·k),
+d_pos_table (h·k) and d values (h·v).
 λp: λp = Σ E⊗values (k·v per tap; the product λp·q is per query, not per tap); the backward
-recomputes λp (k·v) and forms dE and d values from dλp = q⊗dy (k·v each per tap). Neither
+recomputes λp (k·v) and forms d_pos_table and d values from dλp = q⊗dy (k·v each per tap). Neither
 logits nor λp are kept between forward and backward (the memory rule), so the backward always
 recomputes one of them.
 

@@ -35,9 +35,9 @@ def brute_multiply_adds(heads, k, v, association, backward):
     count = 0
     if association == cost.LOGITS:
         products = [(heads, k), (heads, v)]                # logits = E·q; y += logits·values
-        if backward:  # logits again, d logits = dy·values, dq, dE, d values
+        if backward:  # logits again, d logits = dy·values, dq, d_pos_table, d values
             products = [(heads, k), (heads, v), (heads, k), (heads, k), (heads, v)]
-    else:  # λp = E⊗values; backward: λp again, dE and d values from dλp
+    else:  # λp = E⊗values; backward: λp again, d_pos_table and d values from dλp
         products = [(k, v)] * (3 if backward else 1)
     for outer, inner in products:
         for _ in range(outer):

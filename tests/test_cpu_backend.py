@@ -63,7 +63,7 @@ def _peak_increase(b, h, k, u, v, hh, ww, rh, rw):
 def test_peak_memory_global_context_never_builds_logits():
     # seed-global shape: all logits B·h·N·N = 268 MB in float32 (upstream also gathers an
     # N·N·k·u table: 1 GB); inputs are ~1 MB. Measured on the development machine: ~60 MB for
-    # the first step (worker-thread allocator arenas, per-chunk dE partials, gradients), ~20 MB
+    # the first step (worker-thread allocator arenas, per-chunk d_pos_table partials, gradients), ~20 MB
     # for a repeat.
     b, h, k, u, v, hh, ww = 1, 4, 16, 1, 8, 64, 64
     n = hh * ww

@@ -203,10 +203,10 @@ def _scratch_bytes(shape) -> int:
                          ids=["memory-test", "headline", "global-64"])
 def test_launches_allocate_no_big_intermediates(shape):
     """The memory rule on the launch records: besides outputs and input-sized gradients, forward
-    and backward allocate only partial sums (dΛ per batch element, dE per split of a table-sized
-    sum), which stay below a quarter of one λp (B·N·k·v) or all-logits (B·h·N·r²) tensor at the
-    CUDA memory test's shape and do not grow with the image: doubling B, H and W multiplies λp
-    and the logits by 8, the scratch by at most 2 (the dΛ partials follow B)."""
+    and backward allocate only partial sums (dΛ per batch element, d_pos_table per split of a
+    table-sized sum), which stay below a quarter of one λp (B·N·k·v) or all-logits (B·h·N·r²)
+    tensor at the CUDA memory test's shape and do not grow with the image: doubling B, H and W
+    multiplies λp and the logits by 8, the scratch by at most 2 (the dΛ partials follow B)."""
     if lk_triton is None:
         pytest.skip(_IMPORT_ERROR)
     b, heads, k, u, v, hh, ww, rh, rw = shape
@@ -277,7 +277,7 @@ def test_cuda_autotuned_matches_reference(monkeypatch):
 @needs_cuda
 @pytest.mark.gpu
 def test_cuda_backward_deterministic_under_deterministic_algorithms():
-    """A larger image than the shared shapes (several dE splits): backward bit-identical, the
+    """A larger image than the shared shapes (several d_pos_table splits): backward bit-identical, the
     second call under torch.use_deterministic_algorithms."""
     inputs = make_inputs(batch=3, heads=2, dim_k=16, dim_u=2, dim_v=24, height=31, width=29,
                          rh=15, rw=15, dtype=torch.float32, device="cuda", requires_grad=True)
