@@ -33,7 +33,7 @@ from .launches import op_launches
 # benchmark shapes).
 POSITIONAL_FORWARD = "lambda_output_fwd_kernel"
 POSITIONAL_BACKWARD = ("lambda_output_bwd_dq_kernel", "lambda_output_bwd_dvalues_kernel",
-                       "lambda_output_bwd_dtable_partial_kernel")
+                       "lambda_output_bwd_d_pos_table_partial_kernel")
 
 
 def _precompile(items) -> None:

@@ -40,7 +40,7 @@ SHAPES = named_shapes()
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 POSITIONAL_KERNELS = ("lambda_output_fwd_kernel", "lambda_output_bwd_dq_kernel",
                       "lambda_output_bwd_dvalues_kernel",
-                      "lambda_output_bwd_dtable_partial_kernel")
+                      "lambda_output_bwd_d_pos_table_partial_kernel")
 MIX_COLUMNS = ("MMA", "FFMA", "FMUL", "FADD", "SHFL", "LDG", "LDS", "STS", "BAR", "all")
 
 
