@@ -10,6 +10,7 @@ Knobs:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import sys
 import threading
@@ -69,7 +70,7 @@ def load() -> str | None:
             return _state["reason"]  # type: ignore[return-value]
         reason = None
         try:
-            from . import _C  # noqa: F401
+            importlib.import_module(f"{__package__}._C")  # registers the C++ ops
         except ImportError as compiled_error:
             if os.environ.get("LAMBDA_KERNELS_JIT", "1") == "0":
                 reason = f"compiled extension not installed ({compiled_error}); JIT disabled"

@@ -1,8 +1,9 @@
 """Registry of back ends for the lambda op.
 
-A back end is either *fused* (four ops: content_lambda, content_lambda_backward, lambda_output,
-lambda_output_backward; functional.py runs the two forward ops, and the backward ops enter
-through the autograd formulas registered on the forward ops in _op_registrations.py) or
+A back end is either *fused* (four torch.library ops with the schemas of csrc/ops.cpp:
+content_lambda, content_lambda_backward, lambda_output, lambda_output_backward; functional.py
+calls the two forward ops, and _op_registrations.register_autograd, run once for the ops'
+namespace, gives all four their derivatives, written with the backward ops) or
 *differentiable* (one `forward` that autograd differentiates, like the einsum reference). How to
 add one: docs/design.md, "How to add a back end". Each has a
 `can_run(device_type, dtype)` that returns None when it can run inputs of that device type and

@@ -14,6 +14,7 @@ fail on a device (backends.probe_reason), `auto` falls back to the CUDA back end
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 
@@ -27,7 +28,7 @@ _INTERPRETER_DTYPES = (torch.float16, torch.float32)
 
 def _triton_import_reason():
     try:
-        import triton  # noqa: F401
+        importlib.import_module("triton")
     except Exception as exc:  # ImportError, or a broken install
         return f"triton is not importable ({type(exc).__name__}: {exc})"
     return None
