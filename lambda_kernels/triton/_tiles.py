@@ -64,8 +64,9 @@ def position_block(n_positions: int, cap: int = POSITION_CAP) -> int:
 
 def position_block_for(n_positions: int, widest_channel_tile: int, dtype, cap: int) -> int:
     """Positions per tile next to a channel tile of `widest_channel_tile`: (channels ×
-    positions) tiles of about 8K elements, 2K for fp32 inputs, whose IEEE FMA products hold both
-    operands in registers (larger tiles spill there)."""
+    positions) tiles of about 8K elements (16-bit: 32 registers per thread at 4 warps), 2K for
+    fp32 inputs, whose IEEE FMA products hold both operands in registers (larger tiles spill
+    there)."""
     import torch
     elements = 2048 if dtype == torch.float32 else 8192
     return position_block(n_positions, cap=max(DOT_MIN, min(cap, elements // widest_channel_tile)))

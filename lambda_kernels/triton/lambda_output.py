@@ -125,11 +125,13 @@ def _config(block_t, num_warps, v_cap=None):
 # conversion instructions per iteration than MMAs, and the halo's loads and shear are shared by
 # all heads and positions of a tile, so wider tiles (T=32, 8 warps; J stays 64 at r ≈ 23) do
 # the most MMA work per issued instruction (~420 FLOP per warp instruction against ~320 at
-# T=16, 4 warps on sm_80). T=16 and T=8 serve narrow images and small windows; the v cap of 128
-# serves v >= 128. d_pos_table re-loads dy and q for every table row, so its loop is load-heavy
-# whatever T, and T=16 with 4 warps keeps its registers lowest among the wide tiles. dvalues:
-# T is the N extent of its second product, so at least 16; its query halo's loads are amortised
-# over T targets, so T=64 issues the fewest instructions per target.
+# T=16, 4 warps on sm_80). T=16 and T=8 serve narrow images and small windows. The v cap of 64
+# keeps the forward's (M × v) fp32 accumulator at 32 registers per thread for M = 128 rows on 8
+# warps (T=32, 4 heads); the cap of 128 serves v >= 128 with half the v tiles (each v tile
+# recomputes the logits). d_pos_table re-loads dy and q for every table row, so its loop is
+# load-heavy whatever T, and T=16 with 4 warps keeps its registers lowest among the wide tiles.
+# dvalues: T is the N extent of its second product, so at least 16; its query halo's loads are
+# amortised over T targets, so T=64 issues the fewest instructions per target.
 #
 # fp32 inputs multiply as IEEE fp32 FMA products, whose registers grow with the tile far
 # faster than MMA fragments: the 16-bit tiles spill there (the compile check shows it), so fp32
