@@ -277,8 +277,8 @@ def test_cuda_autotuned_matches_reference(monkeypatch):
 @needs_cuda
 @pytest.mark.gpu
 def test_cuda_backward_deterministic_under_deterministic_algorithms():
-    """A larger image than the shared shapes (several d_pos_table splits): backward bit-identical, the
-    second call under torch.use_deterministic_algorithms."""
+    """A larger image than the shared shapes (several d_pos_table splits): backward
+    bit-identical, the second call under torch.use_deterministic_algorithms."""
     inputs = make_inputs(batch=3, heads=2, dim_k=16, dim_u=2, dim_v=24, height=31, width=29,
                          rh=15, rw=15, dtype=torch.float32, device="cuda", requires_grad=True)
     y = lambda_op(*inputs, backend="triton")

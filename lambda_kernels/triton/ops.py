@@ -12,7 +12,8 @@ Compiled kernels: torch.library.triton_op with every launch through wrap_triton,
 sees (and can optimise around) the kernels; the fake implementation is the traced body itself.
 Under the Triton interpreter (TRITON_INTERPRET=1), wrap_triton cannot trace interpreted kernels,
 so the same bodies are registered as opaque torch.library.custom_op's with the fake
-implementations of lambda_kernels._op_registrations: torch.compile still works, treating them as black boxes.
+implementations of lambda_kernels._op_registrations: torch.compile still works, treating them
+as black boxes.
 Their kernels launch directly: only some torch versions let interpreted kernels through
 wrap_triton (others fail on them), and an opaque op has nothing to trace.
 """
