@@ -1,9 +1,13 @@
 """Timing, memory and the machine's matmul rate.
 
-Timing: `warmup` untimed calls, then up to `repeats` timed calls (stopping early once
-`max_time` seconds are spent and at least min(3, repeats) calls are done; at least 1 if a
-single warm-up call already took longer than `max_time`). CPU calls are
-timed with time.perf_counter; CUDA calls with torch.cuda.Event pairs on the current stream.
+Timing (time_interleaved): the providers of one measurement take turns, repeat by repeat:
+`warmup` untimed calls of each, then rounds A B A B ... of one timed call each, up to `repeats`
+rounds (stopping early once the provider that spent most has spent `max_time` seconds and at
+least min(3, repeats) rounds are done; at least 1 if a warm-up call already took longer than
+`max_time`). Every provider so gets the same number of calls, and call i of one provider ran
+next to call i of another: pair_ratios divides them pair by pair, so a ratio holds when the
+machine's speed drifts during the measurement. CPU calls are timed with time.perf_counter
+(through `now`), CUDA calls with torch.cuda.Event pairs on the current stream.
 "fwd" runs the module in eval mode under torch.no_grad (inference); "fwd+bwd" runs it in
 train mode with x.requires_grad and backpropagates a fixed random dy (a training step without
 the optimiser).
@@ -50,36 +54,79 @@ def summarize(samples: list[float]) -> dict:
             "n": len(s)}
 
 
+def now() -> float:
+    """The clock of CPU timings (a function, so tests can put a fake clock in its place)."""
+    return time.perf_counter()
+
+
+def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
+    t0 = now()
+    fn()
+    return now() - t0
+
+
+def time_interleaved(fns: list[Callable[[], object]], device: torch.device, *, warmup: int,
+                     repeats: int, max_time: float = float("inf")) -> list:
+    """Seconds per call of each of `fns`, the calls interleaved round by round (module doc).
+    One entry per fn: its list of seconds, or the exception it raised (a fn that raises leaves
+    the rotation; the others go on)."""
+    cuda = device.type == "cuda"
+    results: list = [[] for _ in fns]
+    slow = False
+    for i, fn in enumerate(fns):
+        for _ in range(warmup):
+            try:
+                t0 = now()
+                fn()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                seconds = now() - t0
+            except Exception as exc:
+                results[i] = exc
+                break
+        else:
+            slow = slow or (warmup > 0 and seconds > max_time)
+    live = [i for i, r in enumerate(results) if isinstance(r, list)]
+    spent = [0.0] * len(fns)
+    # at least 3 rounds, unless one warm-up call alone exceeded max_time
+    floor = 1 if slow else min(3, repeats)
+    for done in range(1, repeats + 1):
+        for i in list(live):
+            try:
+                seconds = _timed_call(fns[i], device)
+            except Exception as exc:
+                results[i] = exc
+                live.remove(i)
+                continue
+            results[i].append(seconds)
+            spent[i] += seconds
+        if not live or (done >= floor and max(spent[i] for i in live) > max_time):
+            break
+    return results
+
+
 def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int,
                max_time: float = float("inf")) -> list[float]:
-    """Seconds per call of fn (see module doc)."""
-    cuda = device.type == "cuda"
-    slow = False
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        slow = time.perf_counter() - t0 > max_time
-    samples: list[float] = []
-    # at least 3 timed calls, unless one warm-up call alone exceeded max_time
-    floor = 1 if slow else min(3, repeats)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            samples.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-        if len(samples) >= floor and time.perf_counter() - start > max_time:
-            break
+    """Seconds per call of fn alone (time_interleaved with one fn; its exception raised)."""
+    (samples,) = time_interleaved([fn], device, warmup=warmup, repeats=repeats,
+                                  max_time=max_time)
+    if isinstance(samples, BaseException):
+        raise samples
     return samples
+
+
+def pair_ratios(base: list[float], mine: list[float]) -> dict:
+    """summarize() of base[i] / mine[i] over the repeat pairs i (the i-th call of each, timed
+    next to each other by time_interleaved): median, IQR, min, max and the number of pairs;
+    {} when there is no pair."""
+    return summarize([b / m for b, m in zip(base, mine) if m > 0])
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .measure import pair_ratios
 from .presets import PRESETS
 
 Rows = dict  # provider name -> row, for one case
@@ -39,10 +40,20 @@ def _median(row: Optional[dict], mode: str) -> Optional[float]:
 
 
 def ratio(slow: str, fast: str, mode: str) -> Callable[[Rows], Optional[float]]:
-    """t(slow) / t(fast) in `mode` ('fwd' or 'fwdbwd'): how many times faster `fast` is."""
+    """t(slow) / t(fast) in `mode` ('fwd' or 'fwdbwd'): how many times faster `fast` is. Rows
+    of one case were timed together, in turn: the median of the per-pair ratios (as the
+    speed-up columns); rows of two cases (or without samples): the ratio of the medians."""
     def measure(rows: Rows) -> Optional[float]:
-        a, b = _median(rows.get(slow), mode), _median(rows.get(fast), mode)
-        return a / b if a and b else None
+        slow_row, fast_row = rows.get(slow), rows.get(fast)
+        a, b = _median(slow_row, mode), _median(fast_row, mode)
+        if not (a and b):
+            return None
+        if slow_row["case"] == fast_row["case"]:
+            pairs = pair_ratios(slow_row[mode].get("samples") or [],
+                                fast_row[mode].get("samples") or [])
+            if pairs:
+                return pairs["median"]
+        return a / b
     return measure
 
 
