@@ -411,3 +411,186 @@ def test_video_preset_on_tiny_shapes():
         range(2), range(3), range(4), range(-1, 2), range(-2, 3), range(-1, 2))
         if 0 <= t + a < 2 and 0 <= i + b < 3 and 0 <= j + c < 4)
     assert in_volume_taps(2, 3, 4, 3, 5, 3) == brute
+
+
+# --------------------------------------------------------------------------------------------
+# interleaved timing: providers take turns repeat by repeat; speed-ups are per-pair ratios
+
+
+class _FakeClock:
+    """measure.now for tests: time moves only when a fake provider's call says so."""
+
+    def __init__(self):
+        self.t = 0.0
+        self.calls: list[tuple[str, str]] = []      # (provider, "eval" / "train"), in order
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _TimedModule(torch.nn.Module):
+    """Each call logs (name, mode) and takes seconds[mode][k] on the fake clock, k = the
+    module's k-th call in that mode (untimed first call and warm-up calls included)."""
+
+    def __init__(self, name, clock, seconds, logits=None):
+        super().__init__()
+        self.name, self.clock, self.seconds, self.logits = name, clock, seconds, logits
+        self.count = {"eval": 0, "train": 0}
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        mode = "train" if self.training else "eval"
+        table = self.seconds[mode]
+        self.clock.t += table[min(self.count[mode], len(table) - 1)]
+        self.count[mode] += 1
+        self.clock.calls.append((self.name, mode))
+        if self.logits:                                  # a classifier (model rows)
+            return x.mean((2, 3))[:, :1].expand(-1, self.logits) * 0 + self.w
+        return x * 0 + self.w
+
+
+class _TimedProvider(P.Provider):
+    def __init__(self, name, clock, seconds):
+        self.name, self.clock, self.seconds = name, clock, seconds
+        self.description = "fake times (tests)"
+
+    def build(self, case, device):
+        return _TimedModule(self.name, self.clock, self.seconds), ""
+
+
+class _TimedModel(M.ModelProvider):
+    def __init__(self, name, clock, seconds, stock=None):
+        self.name, self.clock, self.seconds, self.stock = name, clock, seconds, stock
+
+    def build(self, case):
+        return _TimedModule(self.name, self.clock, self.seconds, case.num_classes), ""
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    from lambda_kernels.bench import measure
+    clock = _FakeClock()
+    monkeypatch.setattr(measure, "now", clock)
+    return clock
+
+
+# base and mine: seconds of the timed calls; the per-pair ratios base/mine are [1, 5, 0.5]
+# (median 1, IQR [0.75, 3], min 0.5, max 5), while the ratio of the medians is 3/2
+BASE, MINE = [1.0, 10.0, 3.0], [1.0, 2.0, 6.0]
+
+
+def test_time_interleaved_takes_turns_and_stops_together(fake_clock):
+    from lambda_kernels.bench.measure import time_interleaved
+
+    def fn(name, seconds, fail_at=None):
+        count = itertools.count()
+
+        def call():
+            k = next(count)
+            fake_clock.calls.append(name)
+            if k == fail_at:
+                raise RuntimeError(f"{name} failed")
+            fake_clock.t += seconds
+        return call
+
+    cpu = torch.device("cpu")
+    got = time_interleaved([fn("A", 2.0), fn("B", 1.0), fn("C", 0.5)], cpu, warmup=2, repeats=3)
+    assert fake_clock.calls == ["A", "A", "B", "B", "C", "C"] + ["A", "B", "C"] * 3
+    assert got == [[2.0] * 3, [1.0] * 3, [0.5] * 3]
+    # max_time: every fn stops after the same round, once the one that spent most spent
+    # max_time and at least 3 rounds ran; a fn that raises leaves the rotation
+    fake_clock.calls.clear()
+    got = time_interleaved([fn("A", 2.0), fn("B", 1.0, fail_at=2)], cpu, warmup=1,
+                           repeats=10, max_time=3.0)
+    assert fake_clock.calls == ["A", "B"] + ["A", "B"] + ["A", "B"] + ["A"]
+    assert got[0] == [2.0] * 3
+    assert isinstance(got[1], RuntimeError) and "B failed" in str(got[1])
+    # a warm-up call longer than max_time: one round is enough
+    fake_clock.calls.clear()
+    got = time_interleaved([fn("A", 5.0), fn("B", 1.0)], cpu, warmup=1, repeats=10, max_time=3)
+    assert fake_clock.calls == ["A", "B", "A", "B"] and got == [[5.0], [1.0]]
+
+
+def test_layer_rows_interleave_and_report_per_pair_ratios(fake_clock, tmp_path, capsys):
+    """Two fake providers through the whole lambda-bench pipeline: the call order is A B A B
+    (after the untimed first calls and the warm-ups of each), the speed-up is the median of the
+    per-pair ratios, and its spread reaches the table, the JSON and the CSV."""
+    # eval calls: untimed first call, 1 warm-up, then the timed calls; train: warm-up, timed
+    base = {"eval": [0.5, 0.5, *BASE], "train": [0.5, *[4 * t for t in BASE]]}
+    mine = {"eval": [0.5, 0.5, *MINE], "train": [0.5, *MINE]}
+    for provider in (_TimedProvider("test-base", fake_clock, base),
+                     _TimedProvider("test-mine", fake_clock, mine)):
+        P.register(provider)
+    out = {ext: str(tmp_path / f"r.{ext}") for ext in ("json", "csv", "md")}
+    try:
+        res = cli.run_cli([*FAST, "--providers", "test-base,test-mine", "--baseline", "test-base",
+                           "--repeats", "3", "--warmup", "1", "--json", out["json"],
+                           "--csv", out["csv"], "--markdown", out["md"]])
+    finally:
+        P.REGISTRY.pop("test-base")
+        P.REGISTRY.pop("test-mine")
+    a, b = ("test-base", "eval"), ("test-mine", "eval")
+    ta, tb = ("test-base", "train"), ("test-mine", "train")
+    assert fake_clock.calls == [a, b, a, b, a, b, a, b, a, b, ta, tb, ta, tb, ta, tb, ta, tb]
+    rows = {r["provider"]: r for r in res["results"]}
+    mine_row = rows["test-mine"]
+    assert mine_row["fwd"]["samples"] == MINE and rows["test-base"]["fwd"]["samples"] == BASE
+    assert mine_row["speedup_fwd"] == pytest.approx(1.0)            # not 3/2, the medians' ratio
+    pairs = mine_row["speedup_fwd_pairs"]
+    assert (pairs["n"], pairs["min"], pairs["max"]) == (3, 0.5, 5.0)
+    assert (pairs["q25"], pairs["q75"]) == (pytest.approx(0.75), pytest.approx(3.0))
+    assert mine_row["speedup_fwdbwd"] == pytest.approx(4.0)         # ratios 4, 20, 2
+    assert rows["test-base"]["speedup_fwd"] == 1.0
+    text = capsys.readouterr().out
+    assert "1.00x [0.75-3.00]" in text and "4.00x [3.00-12.00]" in text
+    assert "median of the per-pair ratios" in text and "IQR of those ratios" in text
+    doc = json.load(open(out["json"]))
+    saved = {r["provider"]: r for r in doc["results"]}["test-mine"]
+    assert saved["speedup_fwd_pairs"]["max"] == 5.0
+    with open(out["csv"]) as f:
+        recs = {(r["provider"], r["mode"]): r for r in csv.DictReader(f)}
+    rec = recs[("test-mine", "fwd")]
+    assert {"speedup_min", "speedup_q25", "speedup_q75", "speedup_max", "speedup_pairs",
+            "vs_stock_min", "vs_stock_max"} <= set(rec)
+    assert (float(rec["speedup"]), float(rec["speedup_min"]), float(rec["speedup_max"]),
+            int(rec["speedup_pairs"])) == (1.0, 0.5, 5.0, 3)
+    assert "1.00x [0.75-3.00]" in open(out["md"]).read()
+
+
+def test_model_rows_interleave_and_report_per_pair_ratios(fake_clock, monkeypatch, capsys):
+    """lambda-bench train runs the same pipeline: every model built, then timed in turn."""
+    base = {"eval": [0.5, 0.5, *BASE], "train": [0.5, *BASE]}
+    mine = {"eval": [0.5, 0.5, *MINE], "train": [0.5, *MINE]}
+    monkeypatch.setitem(M.MODEL_REGISTRY, "test-stock", _TimedModel("test-stock", fake_clock,
+                                                                     base))
+    monkeypatch.setitem(M.MODEL_REGISTRY, "test-converted",
+                        _TimedModel("test-converted", fake_clock, mine, stock="test-stock"))
+    res = cli.run_cli([*TRAIN_FAST, "--image-size", "32", "--num-classes", "4", "--providers",
+                       "test-stock,test-converted", "--repeats", "3", "--warmup", "1"])
+    a, b = ("test-stock", "eval"), ("test-converted", "eval")
+    ta, tb = ("test-stock", "train"), ("test-converted", "train")
+    assert fake_clock.calls == [a, b, a, b, a, b, a, b, a, b, ta, tb, ta, tb, ta, tb, ta, tb]
+    row = {r["provider"]: r for r in res["results"]}["test-converted"]
+    for key in ("vs_stock_fwd", "vs_stock_fwdbwd", "speedup_fwd", "speedup_fwdbwd"):
+        assert row[key] == pytest.approx(1.0), key
+        assert (row[key + "_pairs"]["min"], row[key + "_pairs"]["max"]) == (0.5, 5.0)
+    assert "1.00x [0.75-3.00]" in capsys.readouterr().out
+
+
+def test_pair_ratios_and_targets_read_pairs():
+    from lambda_kernels.bench.measure import pair_ratios
+    from lambda_kernels.bench.runner import add_ratios
+
+    pairs = pair_ratios(BASE, MINE)
+    assert pairs["median"] == 1.0 and (pairs["min"], pairs["max"], pairs["n"]) == (0.5, 5.0, 3)
+    assert pair_ratios([], MINE) == {}
+    rows = [_row("seed-local", "lambda-networks", fwd=3.0, case_index=0),
+            _row("seed-local", "lambda-cpu", fwd=2.0, case_index=0)]
+    rows[0]["fwd"]["samples"], rows[1]["fwd"]["samples"] = BASE, MINE
+    add_ratios(rows, "lambda-networks")
+    assert rows[1]["speedup_fwd"] == 1.0 and rows[1]["speedup_fwdbwd"] is None
+    # a target on rows of one case uses the same per-pair median, not the medians' ratio
+    measure = T.ratio("lambda-networks", "lambda-cpu", "fwd")
+    assert measure({r["provider"]: r for r in rows}) == 1.0
+    del rows[0]["fwd"]["samples"]
+    assert measure({r["provider"]: r for r in rows}) == pytest.approx(1.5)
