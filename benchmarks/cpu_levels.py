@@ -67,10 +67,12 @@ def cpu_description() -> dict:
 def versions() -> dict:
     import torch
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("triton", "timm", "lambda_networks"):
+    from importlib import metadata
+    for name, dist in (("triton", "triton"), ("timm", "timm"),
+                       ("lambda_networks", "lambda-networks")):
         try:
-            out[name] = getattr(__import__(name), "__version__", "installed")
-        except Exception:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
             out[name] = None
     import lambda_kernels
     out["lambda_kernels"] = getattr(lambda_kernels, "__version__", None)

@@ -594,3 +594,49 @@ def test_pair_ratios_and_targets_read_pairs():
     assert measure({r["provider"]: r for r in rows}) == 1.0
     del rows[0]["fwd"]["samples"]
     assert measure({r["provider"]: r for r in rows}) == pytest.approx(1.5)
+
+
+def test_cpu_levels_script_writes_one_labelled_file_per_level_and_bench(tmp_path, monkeypatch):
+    """benchmarks/cpu_levels.py: the lambda-bench commands of each level (lambda-bench itself
+    replaced by a stub that writes its --json and --markdown), merged into
+    cpu-<level>-<bench>-<date>.{md,json} with the run's conditions."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import cpu_levels
+    finally:
+        sys.path.pop(0)
+    ran = []
+
+    def fake_run(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "lambda_kernels.bench"]:          # git rev-parse
+            return subprocess.CompletedProcess(cmd, 0, stdout="abc123\n")
+        argv = cmd[3:]
+        ran.append(argv)
+        path = lambda flag: argv[argv.index(flag) + 1]
+        with open(path("--json"), "w") as f:
+            json.dump({"meta": {"argv": argv}, "results": []}, f)
+        with open(path("--markdown"), "w") as f:
+            f.write("# lambda-bench results (x)\n\n## a case\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cpu_levels.subprocess, "run", fake_run)
+    level = next(lv for lv, why in lambda_kernels.cpu_isa_levels().items() if why is None)
+    assert cpu_levels.main(["--levels", level, "--repeats", "2", "--out-dir", str(tmp_path),
+                            "--date", "D", "--label", "trial"]) == 0
+    assert [a[:2] for a in ran] == [["--preset", "targets"], ["--preset", "resnet"],
+                                    ["train", "--batch"], ["train", "--batch"]]
+    assert all(["--cpu-isa", level] == a[a.index("--cpu-isa"):a.index("--cpu-isa") + 2] and
+               "--repeats" in a for a in ran)
+    assert [a[a.index("--dtype") + 1] for a in ran[2:]] == ["float32", "bfloat16"]
+    assert sorted(os.listdir(tmp_path)) == sorted(f"cpu-{level}-{b}-D.{e}" for b in
+                                                  ("targets", "resnet", "train")
+                                                  for e in ("md", "json"))
+    train = json.load(open(tmp_path / f"cpu-{level}-train-D.json"))
+    assert set(train) == {"meta", "float32", "bfloat16"}
+    conditions = train["meta"]["levels_run"]
+    assert conditions["versions"]["torch"] == torch.__version__ and conditions["cpu"]["cores"]
+    assert conditions["versions"]["lambda_kernels_commit"] == "abc123"
+    assert len(conditions["runs"]) == 2 and len(conditions["runs"][0]["load_before"]) == 3
+    md = open(tmp_path / f"cpu-{level}-targets-D.md").read()
+    assert md.startswith(f"# CPU level {level}: targets (trial)")
+    assert "load average" in md and "vector flags" in md and "### a case" in md

@@ -89,7 +89,7 @@ def time_interleaved(fns: list[Callable[[], object]], device: torch.device, *, w
                     torch.cuda.synchronize(device)
                 seconds = now() - t0
             except Exception as exc:
-                results[i] = exc
+                results[i] = exc.with_traceback(None)  # its frames would keep tensors alive
                 break
         else:
             slow = slow or (warmup > 0 and seconds > max_time)
@@ -102,7 +102,7 @@ def time_interleaved(fns: list[Callable[[], object]], device: torch.device, *, w
             try:
                 seconds = _timed_call(fns[i], device)
             except Exception as exc:
-                results[i] = exc
+                results[i] = exc.with_traceback(None)
                 live.remove(i)
                 continue
             results[i].append(seconds)
