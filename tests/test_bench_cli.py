@@ -249,6 +249,8 @@ def test_targets_preset_on_tiny_shapes():
         kernel = rows[("seed-local", "lambda-cpu")]["kernel"]
         assert kernel["backend"] == "cpu" and kernel["useful_flop"] > 0
         assert 0 < kernel["frac_peak_fwd"] and 0 < kernel["frac_peak_fwdbwd"]
+        bf16 = rows[("seed-local bf16", "lambda-cpu")]["kernel"]
+        assert bf16["mm_dtypes"] == ["float32", "bfloat16"] and bf16["frac_mm_bfloat16_fwd"] > 0
     assert "kernel" not in rows[("seed-local", "lambda-networks")]
     names = [t["name"] for t in res["targets"]]
     # seed cases 9, seed-local bf16 3, three stage shapes: fp32 2 and bf16 2 each
@@ -640,3 +642,59 @@ def test_cpu_levels_script_writes_one_labelled_file_per_level_and_bench(tmp_path
     md = open(tmp_path / f"cpu-{level}-targets-D.md").read()
     assert md.startswith(f"# CPU level {level}: targets (trial)")
     assert "load average" in md and "vector flags" in md and "### a case" in md
+
+
+def test_positional_kernel_fraction_is_per_pair_against_mm_timed_in_turn(fake_clock,
+                                                                         monkeypatch):
+    """The kernel alone, timed in turn with torch.mm in fp32 and (bf16 case) bf16: its
+    fraction of each mm rate is the median over pairs of (flop / t_kernel) / (mm_flop / t_mm)."""
+    import types
+    from lambda_kernels import backends
+    from lambda_kernels.bench import measure
+
+    def ticking(name, seconds):
+        count = itertools.count()
+
+        def call(*args):
+            fake_clock.calls.append(name)
+            fake_clock.t += seconds[next(count)]
+        return call
+
+    kernel = {"fwd": [2.0, 4.0, 1.0], "bwd": [3.0, 3.0, 3.0]}
+    ops = types.SimpleNamespace(lambda_output=ticking("kernel", kernel["fwd"]),
+                                lambda_output_backward=ticking("kernel-bwd", kernel["bwd"]))
+    monkeypatch.setattr(backends, "get", lambda name: types.SimpleNamespace(ops=lambda: ops))
+    mm_seconds = {torch.float32: [1.0] * 6, torch.bfloat16: [0.5] * 6}
+    monkeypatch.setattr(measure, "_mm_call", lambda device, dtype, size: (
+        ticking(str(dtype), mm_seconds[dtype]), 100.0))
+    case = apply_overrides(TINY, dtype="bfloat16")
+    out = measure.positional_kernel_rate("cpu", case, torch.device("cpu"), warmup=0, repeats=3,
+                                         max_time=float("inf"), peak_flops=50.0)
+    assert fake_clock.calls[:6] == ["kernel", "torch.float32", "torch.bfloat16"] * 2
+    flop = P.flops_positional(case)
+    # fwd pairs: t_mm / t_kernel = 1/2, 1/4, 1 (fp32) and half that (bf16)
+    assert out["frac_mm_float32_fwd"] == pytest.approx(flop / 100 * 0.5)
+    assert out["frac_peak_fwd"] == out["frac_mm_float32_fwd"]
+    assert out["frac_mm_bfloat16_fwd"] == pytest.approx(flop / 100 * 0.25)
+    pairs = out["frac_mm_float32_fwd_pairs"]
+    assert (pairs["min"], pairs["max"], pairs["n"]) == (pytest.approx(flop / 400),
+                                                      pytest.approx(flop / 100), 3)
+    assert out["mm_flop_s"]["bfloat16"]["fwd"] == pytest.approx(200.0)
+    assert out["start_of_run_frac_fwd"] == pytest.approx(flop / 2.0 / 50.0)
+    # targets: on a CPU with AMX-BF16 the bf16 kernel is held to the bf16 mm rate instead
+    names = lambda flags: {t.name for t in T.LAYER_TARGETS if t.case == "seed-local bf16"
+                           and (not t.cpu_flag or t.cpu_flag in flags)
+                           and not (t.without_cpu_flag and t.without_cpu_flag in flags)}
+    assert any("/ bf16 torch.mm" in n for n in names({"amx_bf16"}))
+    assert not any("/ fp32 torch.mm" in n for n in names({"amx_bf16"}))
+    assert any("/ fp32 torch.mm" in n for n in names({"avx512_bf16"}))
+    cases = [c for c in PRESETS["targets"].cases if c.label == "seed-local bf16"]
+    rows = [_row("seed-local bf16", "lambda-cpu", fwd=1.0,
+                 kernel={"frac_mm_bfloat16_fwd": 0.6, "frac_peak_fwd": 0.9})]
+    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2,
+                                            flags={"amx_bf16"})}
+    assert got["seed-local bf16 positional kernel forward, useful FLOP/s / bf16 torch.mm"][
+        "status"] == "pass"
+    got = T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2, flags=set())
+    assert [t["status"] for t in got if "fp32 torch.mm" in t["name"] and "forward" in
+            t["name"]] == ["fail"]

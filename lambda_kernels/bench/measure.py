@@ -194,12 +194,26 @@ def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
     return fwd, fwd_bwd, clear
 
 
+def _mm_call(device: torch.device, dtype: torch.dtype, size: int):
+    """(a torch.mm call on two seeded size x size matrices of `dtype`, its FLOP)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    return (lambda: torch.mm(a, b)), 2.0 * size ** 3
+
+
 def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: int,
-                           repeats: int, max_time: float, peak_flops: Optional[float]) -> dict:
+                           repeats: int, max_time: float, peak_flops: Optional[float] = None,
+                           mm_size: Optional[int] = None) -> dict:
     """The positional kernel of a fused back end alone (op lambda_output, and its backward) on
-    the shapes of `case`: medians, useful FLOP/s (providers.flops_positional, forward and
-    backward; the "fwdbwd" entry times the backward op alone) and their fraction of the run's
-    torch.mm rate."""
+    the shapes of `case`, timed in turn with torch.mm (time_interleaved: kernel, mm in the
+    run's matmul dtype — fp32 on CPU, bf16 on CUDA — and, for a bf16 / fp16 case on CPU, mm in
+    that dtype too): medians, useful FLOP/s (providers.flops_positional, forward and backward;
+    the "fwdbwd" entry times the backward op alone), and per mode the fraction of the mm rate
+    as the median over repeat pairs of (kernel FLOP/s) / (mm FLOP/s): frac_peak_<mode> against
+    the run's matmul dtype, frac_mm_<dtype>_<mode> against each, with its spread in
+    <key>_pairs. (`peak_flops`, the rate measured at the start of the run, is kept as
+    start_of_run_frac_<mode> for comparison.)"""
     from .. import backends
     from .op_shapes import case_shape, op_inputs
     from .providers import flops_positional
@@ -210,18 +224,37 @@ def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: 
     b, h, _, _, v, hh, ww = shape[:7]
     dy = torch.randn(b, h, v, hh, ww, generator=torch.Generator().manual_seed(3)).to(
         device=device, dtype=case.torch_dtype)
-    timing = dict(warmup=warmup, repeats=repeats, max_time=max_time)
+    cuda = device.type == "cuda"
+    mm_dtypes = [torch.bfloat16 if cuda else torch.float32]
+    if case.torch_dtype in (torch.bfloat16, torch.float16) and case.torch_dtype not in mm_dtypes:
+        mm_dtypes.append(case.torch_dtype)
+    size = mm_size or (4096 if cuda else 1024)
+    mms = [_mm_call(device, dtype, size) for dtype in mm_dtypes]
+    names = [str(dtype).replace("torch.", "") for dtype in mm_dtypes]
     out = {"backend": backend, "useful_flop": flops_positional(case),
            "useful_flop_backward": flops_positional(case, backward=True),
-           "fwd": summarize(time_calls(lambda: ops.lambda_output(q, values, table, lam), device,
-                                       **timing)),
-           "fwdbwd": summarize(time_calls(
-               lambda: ops.lambda_output_backward(dy, q, values, table, lam), device, **timing))}
+           "mm_size": size, "mm_dtypes": names, "mm_flop_s": {}}
+    calls = {"fwd": lambda: ops.lambda_output(q, values, table, lam),
+             "fwdbwd": lambda: ops.lambda_output_backward(dy, q, values, table, lam)}
     for mode, flop in (("fwd", out["useful_flop"]), ("fwdbwd", out["useful_flop_backward"])):
-        rate = flop / out[mode]["median"]
-        out[f"flop_s_{mode}"] = rate
-        out[f"frac_peak_{mode}"] = rate / peak_flops if peak_flops and peak_flops == peak_flops \
-            else None
+        results = time_interleaved([calls[mode]] + [call for call, _ in mms], device,
+                                   warmup=warmup, repeats=repeats, max_time=max_time)
+        for samples in results:
+            if isinstance(samples, BaseException):
+                raise samples
+        kernel = results[0]
+        out[mode] = summarize(kernel)
+        out[f"flop_s_{mode}"] = flop / out[mode]["median"]
+        for name, (_, mm_flop), mm_samples in zip(names, mms, results[1:]):
+            pairs = pair_ratios(mm_samples, kernel)          # t(mm) / t(kernel)
+            pairs = {k: (val * flop / mm_flop if k != "n" else val) for k, val in pairs.items()}
+            out[f"frac_mm_{name}_{mode}"] = pairs.get("median")
+            out[f"frac_mm_{name}_{mode}_pairs"] = pairs
+            out["mm_flop_s"].setdefault(name, {})[mode] = mm_flop / summarize(mm_samples)[
+                "median"]
+        out[f"frac_peak_{mode}"] = out[f"frac_mm_{names[0]}_{mode}"]
+        out[f"start_of_run_frac_{mode}"] = (out[f"flop_s_{mode}"] / peak_flops
+                                            if peak_flops and peak_flops == peak_flops else None)
     return out
 
 

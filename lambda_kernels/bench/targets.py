@@ -31,6 +31,8 @@ class Target:
     requires: tuple = ()                       # (field, value) pairs the case must have
     # a second case whose rows `measure` also sees, as "<case>:<provider>"
     other_case: Optional[str] = None
+    cpu_flag: Optional[str] = None             # applies only where the CPU has this flag
+    without_cpu_flag: Optional[str] = None     # applies only where the CPU lacks this flag
 
 
 def _median(row: Optional[dict], mode: str) -> Optional[float]:
@@ -65,12 +67,16 @@ def memory_ratio(large: str, small: str) -> Callable[[Rows], Optional[float]]:
     return measure
 
 
-def kernel_fraction(provider: str, mode: str) -> Callable[[Rows], Optional[float]]:
+def kernel_fraction(provider: str, mode: str, mm_dtype: Optional[str] = None
+                    ) -> Callable[[Rows], Optional[float]]:
     """Useful FLOP/s of the positional kernel (row['kernel'], see measure.positional_kernel_rate)
-    as a fraction of the torch.mm rate of the run."""
+    as a fraction of the rate of torch.mm timed in turn with it: in the run's matmul dtype, or
+    in `mm_dtype`."""
+    key = f"frac_mm_{mm_dtype}_{mode}" if mm_dtype else f"frac_peak_{mode}"
+
     def measure(rows: Rows) -> Optional[float]:
         kernel = (rows.get(provider) or {}).get("kernel") or {}
-        return kernel.get(f"frac_peak_{mode}")
+        return kernel.get(key)
     return measure
 
 
@@ -96,16 +102,20 @@ def _layer_targets() -> list[Target]:
             out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / torch.mm",
                               case, kernel_fraction(fused, mode), 0.60, unit="%",
                               requires=shape))
-    # bf16: the positional kernel against 2x the fp32 torch.mm rate (a CPU with AVX512_BF16 and
-    # no AMX: 60% of 2x = 1.2x; the run's torch.mm rate is fp32 on CPU), the layer against
-    # lambda-networks in bf16, and against our own fp32 layer at the same shape.
+    # bf16: the positional kernel against torch.mm — on a CPU with AMX-BF16, 50% of the bf16
+    # torch.mm rate (oneDNN runs it on AMX); without AMX, 60% of 2x the fp32 rate = 1.2x —, the
+    # layer against lambda-networks in bf16, and against our own fp32 layer at the same shape.
     case = "seed-local bf16"
     shape = _shape_of("targets", case)
     out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
                       ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape))
     for mode, label in (("fwd", "forward"), ("fwdbwd", "backward")):
         out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / fp32 torch.mm",
-                          case, kernel_fraction(fused, mode), 1.20, unit="%", requires=shape))
+                          case, kernel_fraction(fused, mode), 1.20, unit="%", requires=shape,
+                          without_cpu_flag="amx_bf16"))
+        out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / bf16 torch.mm",
+                          case, kernel_fraction(fused, mode, "bfloat16"), 0.50, unit="%",
+                          requires=shape, cpu_flag="amx_bf16"))
     for case in (c.label for c in PRESETS["targets"].cases
                  if c.label[0].isdigit() and c.label.endswith(" bf16")):  # stage shapes
         shape, fp32_case = _shape_of("targets", case), case[:-len(" bf16")]
@@ -157,11 +167,26 @@ def _text(value: Optional[float], unit: str) -> str:
     return f"{100 * value:.0f}%" if unit == "%" else f"{value:.2f}x"
 
 
+def cpu_flags() -> set:
+    """This CPU's flags (/proc/cpuinfo 'flags' or 'Features'; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
 def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: str,
-             threads: int) -> list[dict]:
-    """One record per target that applies to this run (its case ran, on its device type). A
-    case whose shape differs from the target's is "not comparable" (e.g. shape flags given);
-    the record keeps the threads the run used (targets are stated for 2 threads on CPU)."""
+             threads: int, flags: Optional[set] = None) -> list[dict]:
+    """One record per target that applies to this run (its case ran, on its device type, on a
+    CPU with / without its flag: `flags`, default this CPU's). A case whose shape differs from
+    the target's is "not comparable" (e.g. shape flags given); the record keeps the threads the
+    run used (targets are stated for 2 threads on CPU)."""
+    flags = cpu_flags() if flags is None else flags
     by_case: dict[str, Rows] = {}
     for row in rows:
         by_case.setdefault(row["case"], {})[row["provider"]] = row
@@ -169,6 +194,9 @@ def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: 
     out = []
     for target in targets:
         if target.case not in shapes or target.device != device_type:
+            continue
+        if (target.cpu_flag and target.cpu_flag not in flags) or \
+                (target.without_cpu_flag and target.without_cpu_flag in flags):
             continue
         case_rows = dict(by_case.get(target.case, {}))
         if target.other_case is not None:
