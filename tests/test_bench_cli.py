@@ -593,7 +593,9 @@ def test_pair_ratios_and_targets_read_pairs():
     assert rows[1]["speedup_fwd"] == 1.0 and rows[1]["speedup_fwdbwd"] is None
     # a target on rows of one case uses the same per-pair median, not the medians' ratio
     measure = T.ratio("lambda-networks", "lambda-cpu", "fwd")
-    assert measure({r["provider"]: r for r in rows}) == 1.0
+    value, pairs = measure({r["provider"]: r for r in rows})
+    assert value == 1.0 and (pairs["q25"], pairs["q75"]) == (0.75, 3.0)
+    assert T._text(value, "x", pairs) == "1.00x [0.75-3.00]"
     del rows[0]["fwd"]["samples"]
     assert measure({r["provider"]: r for r in rows}) == pytest.approx(1.5)
 
@@ -675,6 +677,7 @@ def test_positional_kernel_fraction_is_per_pair_against_mm_timed_in_turn(fake_cl
     # fwd pairs: t_mm / t_kernel = 1/2, 1/4, 1 (fp32) and half that (bf16)
     assert out["frac_mm_float32_fwd"] == pytest.approx(flop / 100 * 0.5)
     assert out["frac_peak_fwd"] == out["frac_mm_float32_fwd"]
+    assert out["frac_peak_fwd_pairs"] == out["frac_mm_float32_fwd_pairs"]
     assert out["frac_mm_bfloat16_fwd"] == pytest.approx(flop / 100 * 0.25)
     pairs = out["frac_mm_float32_fwd_pairs"]
     assert (pairs["min"], pairs["max"], pairs["n"]) == (pytest.approx(flop / 400),
@@ -695,6 +698,11 @@ def test_positional_kernel_fraction_is_per_pair_against_mm_timed_in_turn(fake_cl
                                             flags={"amx_bf16"})}
     assert got["seed-local bf16 positional kernel forward, useful FLOP/s / bf16 torch.mm"][
         "status"] == "pass"
+    rows[0]["kernel"]["frac_mm_bfloat16_fwd_pairs"] = {"n": 3, "q25": 0.5, "q75": 0.7}
+    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2,
+                                            flags={"amx_bf16"})}
+    assert got["seed-local bf16 positional kernel forward, useful FLOP/s / bf16 torch.mm"][
+        "measured_text"] == "60% [50-70%]"
     got = T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2, flags=set())
     assert [t["status"] for t in got if "fp32 torch.mm" in t["name"] and "forward" in
             t["name"]] == ["fail"]

@@ -253,6 +253,7 @@ def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: 
             out["mm_flop_s"].setdefault(name, {})[mode] = mm_flop / summarize(mm_samples)[
                 "median"]
         out[f"frac_peak_{mode}"] = out[f"frac_mm_{names[0]}_{mode}"]
+        out[f"frac_peak_{mode}_pairs"] = out[f"frac_mm_{names[0]}_{mode}_pairs"]
         out[f"start_of_run_frac_{mode}"] = (out[f"flop_s_{mode}"] / peak_flops
                                             if peak_flops and peak_flops == peak_flops else None)
     return out

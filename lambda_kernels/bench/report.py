@@ -239,17 +239,22 @@ def render_tables(console, rows: list[dict], cases, meta: dict, baseline: Option
                     [r for r in rows if r["case_index"] == ci], baseline, caption)
 
 
+TARGETS_CAPTION = ("measured: rows of one case timed in turn give the median of the per-pair "
+                   "ratios [their IQR]; rows of two cases, the ratio of their medians")
+
+
 def render_targets(console, targets: list[dict]) -> None:
     if not targets:
         return
     head = ["target", "measured", "required", "status"]
     body = [[t["name"], t["measured_text"], t["required_text"], t["status"]] for t in targets]
     if isinstance(console, PlainConsole):
-        console.print(_plain_table("targets", head, body, ""))
+        console.print(_plain_table("targets", head, body, TARGETS_CAPTION))
         return
     from rich import box
     from rich.table import Table
-    table = Table(title="targets", box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title="targets", box=box.SIMPLE_HEAD, title_justify="left",
+                  caption=TARGETS_CAPTION, caption_justify="left")
     for h in head:
         table.add_column(h, justify="left" if h == "target" else "right")
     colour = {"pass": "green", "fail": "red"}
@@ -487,7 +492,7 @@ def write_markdown(path: str, rows: list[dict], cases, meta: dict, baseline: Opt
     if targets:
         body = [[t["name"], t["measured_text"], t["required_text"], t["status"]]
                 for t in targets]
-        lines += ["## targets", "", *_markdown_table(["target", "measured", "required",
-                                                      "status"], body), ""]
+        lines += ["## targets", "", TARGETS_CAPTION, "",
+                  *_markdown_table(["target", "measured", "required", "status"], body), ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))

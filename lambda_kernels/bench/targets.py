@@ -23,7 +23,8 @@ Rows = dict  # provider name -> row, for one case
 class Target:
     name: str
     case: str                                  # case label the rows come from
-    measure: Callable[[Rows], Optional[float]]
+    # the measured value, or (value, per-pair statistics: median, q25, q75, min, max, n)
+    measure: Callable[[Rows], object]
     threshold: float
     at_most: bool = False                      # True: measured <= threshold passes
     unit: str = "x"
@@ -54,7 +55,7 @@ def ratio(slow: str, fast: str, mode: str) -> Callable[[Rows], Optional[float]]:
             pairs = pair_ratios(slow_row[mode].get("samples") or [],
                                 fast_row[mode].get("samples") or [])
             if pairs:
-                return pairs["median"]
+                return pairs["median"], pairs
         return a / b
     return measure
 
@@ -74,9 +75,10 @@ def kernel_fraction(provider: str, mode: str, mm_dtype: Optional[str] = None
     in `mm_dtype`."""
     key = f"frac_mm_{mm_dtype}_{mode}" if mm_dtype else f"frac_peak_{mode}"
 
-    def measure(rows: Rows) -> Optional[float]:
+    def measure(rows: Rows):
         kernel = (rows.get(provider) or {}).get("kernel") or {}
-        return kernel.get(key)
+        value, pairs = kernel.get(key), kernel.get(key + "_pairs")
+        return (value, pairs) if value is not None and pairs else value
     return measure
 
 
@@ -161,10 +163,18 @@ LAYER_TARGETS = _layer_targets()
 MODEL_TARGETS = _model_targets()
 
 
-def _text(value: Optional[float], unit: str) -> str:
+def _text(value: Optional[float], unit: str, pairs: Optional[dict] = None) -> str:
+    """e.g. '2.31x', '45%', and with per-pair statistics their IQR: '2.31x [2.05-2.62]',
+    '45% [40-51%]'."""
     if value is None:
         return "-"
-    return f"{100 * value:.0f}%" if unit == "%" else f"{value:.2f}x"
+    percent = unit == "%"
+    text = f"{100 * value:.0f}%" if percent else f"{value:.2f}x"
+    if pairs and pairs.get("n", 0) >= 2:
+        q25, q75 = pairs["q25"], pairs["q75"]
+        text += (f" [{100 * q25:.0f}-{100 * q75:.0f}%]" if percent else
+                 f" [{q25:.2f}-{q75:.2f}]")
+    return text
 
 
 def cpu_flags() -> set:
@@ -203,6 +213,9 @@ def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: 
             case_rows.update({f"{target.other_case}:{p}": r
                               for p, r in by_case.get(target.other_case, {}).items()})
         value = target.measure(case_rows)
+        pairs = None
+        if isinstance(value, tuple):
+            value, pairs = value
         changed = [f"{k}={shapes[target.case].get(k)!r} (target at {v!r})"
                    for k, v in target.requires if shapes[target.case].get(k) != v]
         if changed:
@@ -216,6 +229,8 @@ def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: 
         required = ("<= " if target.at_most else ">= ") + _text(target.threshold, target.unit)
         out.append({"name": target.name, "case": target.case, "measured": value,
                     "threshold": target.threshold, "at_most": target.at_most,
-                    "measured_text": _text(value, target.unit), "required_text": required,
+                    "measured_pairs": pairs,
+                    "measured_text": _text(value, target.unit, pairs),
+                    "required_text": required,
                     "status": status, "threads": threads})
     return out
