@@ -18,6 +18,7 @@ from lambda_kernels.bench import targets as T
 from lambda_kernels.bench import models as M
 from lambda_kernels.cost import in_image_taps, in_volume_taps
 from lambda_kernels.bench.measure import cpu_memory_subprocess, summarize
+from lambda_kernels.bench.measure import make_steps as measure_steps
 from lambda_kernels.bench.presets import PRESETS, Case, apply_overrides, parse_size, sweep_cases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,7 +238,7 @@ def test_triton_interpreter_row(tmp_path):
         assert row["reason"]
 
 
-def test_targets_preset_on_tiny_shapes():
+def test_targets_preset_on_tiny_shapes(capsys):
     """--preset targets: the positional kernel timed alone, a targets table; on shapes other
     than the targets' own, every target says it is not comparable."""
     res = cli.run_cli(["--preset", "targets", "--size", "8", "--dim", "8", "--dim-k", "4",
@@ -253,11 +254,17 @@ def test_targets_preset_on_tiny_shapes():
         assert bf16["mm_dtypes"] == ["float32", "bfloat16"] and bf16["frac_mm_bfloat16_fwd"] > 0
     assert "kernel" not in rows[("seed-local", "lambda-networks")]
     names = [t["name"] for t in res["targets"]]
-    # seed cases 9, seed-local bf16 3, three stage shapes: fp32 2 and bf16 2 each
-    assert len(names) == 24 and any("positional kernel backward" in n for n in names)
+    # seed cases 9, seed-local bf16 3, three stage shapes: fp32 2 and bf16 2 each; under
+    # autocast: seed-local and the stage shapes 1 each
+    assert len(names) == 28 and any("positional kernel backward" in n for n in names)
+    autocast = rows[("seed-local autocast bf16", "lambda-cpu")]
+    if autocast["status"] == "ok":
+        assert "kernel" not in autocast and autocast["fwdbwd"]["median"] > 0
+        assert rows[("seed-local autocast bf16", "lambda-networks")]["err_vs"] == "lambda-cpu"
     assert any("vs our fp32 layer" in n for n in names)
     assert all(t["status"].startswith("not comparable: dim=8 (target at ")
                for t in res["targets"])
+    assert "median of the per-pair ratios [their IQR]" in capsys.readouterr().out
 
 
 def _row(case, provider, fwd=None, fwdbwd=None, **extra):
@@ -706,3 +713,26 @@ def test_positional_kernel_fraction_is_per_pair_against_mm_timed_in_turn(fake_cl
     got = T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2, flags=set())
     assert [t["status"] for t in got if "fp32 torch.mm" in t["name"] and "forward" in
             t["name"]] == ["fail"]
+
+
+def test_autocast_cases_run_the_steps_under_autocast():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((self.training, torch.is_autocast_enabled("cpu"),
+                         torch.get_autocast_dtype("cpu")))
+            return torch.nn.functional.linear(x, torch.ones(4, 4))   # bf16 under autocast
+
+    x, dy = torch.randn(2, 4), torch.randn(2, 4)
+    fwd, fwd_bwd, _ = measure_steps(Probe(), x, dy, torch.bfloat16)
+    assert fwd().dtype == torch.bfloat16 and fwd_bwd().dtype == torch.bfloat16
+    assert seen == [(False, True, torch.bfloat16), (True, True, torch.bfloat16)]
+    seen.clear()
+    fwd, _, _ = measure_steps(Probe(), x, dy)
+    assert fwd().dtype == torch.float32 and seen[0][1] is False
+    case = PRESETS["targets"].cases[3]
+    assert case.autocast == "bfloat16" and "under autocast bfloat16" in case.describe()
+    assert apply_overrides(case, dtype="bf16").autocast is None      # runs in bf16 itself
+    with pytest.raises(ValueError, match="autocast needs a float32 case"):
+        Case(dtype="bfloat16", autocast="bfloat16").check()

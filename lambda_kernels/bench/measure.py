@@ -170,9 +170,14 @@ def device_name(device: torch.device) -> str:
 # one training / inference step
 
 
-def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
-    """(forward-only callable, forward+backward callable, clear-gradients callable)."""
+def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor,
+               autocast: Optional[torch.dtype] = None):
+    """(forward-only callable, forward+backward callable, clear-gradients callable); with
+    `autocast`, both forwards run under torch.autocast in that dtype."""
+    import contextlib
     x_grad = x.detach().clone().requires_grad_(True)
+    amp = (lambda: torch.autocast(x.device.type, dtype=autocast)) if autocast else \
+        contextlib.nullcontext
 
     def clear():
         for p in module.parameters():
@@ -181,14 +186,15 @@ def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
 
     def fwd():
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             return module(x)
 
     def fwd_bwd():
         module.train()
         clear()
-        y = module(x_grad)
-        y.backward(dy)
+        with amp():
+            y = module(x_grad)
+        y.backward(dy.to(y.dtype))
         return y
 
     return fwd, fwd_bwd, clear

@@ -254,7 +254,7 @@ def render_targets(console, targets: list[dict]) -> None:
     from rich import box
     from rich.table import Table
     table = Table(title="targets", box=box.SIMPLE_HEAD, title_justify="left",
-                  caption=TARGETS_CAPTION, caption_justify="left")
+                  caption=literal(console, TARGETS_CAPTION), caption_justify="left")
     for h in head:
         table.add_column(h, justify="left" if h == "target" else "right")
     colour = {"pass": "green", "fail": "red"}

@@ -217,7 +217,7 @@ def layer_entry(name: str, case: Case, case_index: int, x: torch.Tensor, dy: tor
         if flops == flops:  # not NaN
             row["flops_fwd"], row["flops_fwdbwd"] = flops, 3 * flops
         module, note = prov.build(case, opts.device)
-        fwd, fwd_bwd, clear = make_steps(module, x, dy)
+        fwd, fwd_bwd, clear = make_steps(module, x, dy, case.autocast_dtype)
         return Steps(module, fwd, fwd_bwd, clear, note)
 
     def check(row: dict, y: torch.Tensor) -> None:
@@ -234,7 +234,9 @@ def layer_entry(name: str, case: Case, case_index: int, x: torch.Tensor, dy: tor
 def add_kernel_rate(entry: Entry, case: Case, opts: Options) -> None:
     """The positional kernel alone (opts.kernel_rate, fused back ends, rows that ran)."""
     row, prov = entry.row, entry.provider
-    kernel = prov.kernel_backend() if row["status"] == "ok" and row["fwd"] else None
+    # under autocast the kernel's dtype is the layer's choice: the bf16 rows time the kernel
+    kernel = prov.kernel_backend() if row["status"] == "ok" and row["fwd"] and \
+        not case.autocast else None
     if kernel is None:
         return
     try:

@@ -118,8 +118,13 @@ def _layer_targets() -> list[Target]:
         out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / bf16 torch.mm",
                           case, kernel_fraction(fused, mode, "bfloat16"), 0.50, unit="%",
                           requires=shape, cpu_flag="amx_bf16"))
+    # under bf16 autocast (float32 modules): the layer against lambda-networks
+    for case in (c.label for c in PRESETS["targets"].cases if c.autocast):
+        out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
+                          ratio(upstream, fused, "fwdbwd"), 3.0,
+                          requires=_shape_of("targets", case)))
     for case in (c.label for c in PRESETS["targets"].cases
-                 if c.label[0].isdigit() and c.label.endswith(" bf16")):  # stage shapes
+                 if c.label[0].isdigit() and c.label.endswith(" bf16") and not c.autocast):
         shape, fp32_case = _shape_of("targets", case), case[:-len(" bf16")]
         out += [Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
                        ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape),
