@@ -43,10 +43,10 @@ def test_bench(benchmark, case, name, mode):
         pytest.skip(reason)
     module, note = prov.build(case, DEVICE)
     x, dy = P.make_input(case, DEVICE), P.make_grad(case, DEVICE)
-    fwd, fwd_bwd, _ = make_steps(module, x, dy)
+    fwd, fwd_bwd, _ = make_steps(module, x, dy, case.autocast_dtype)
     step = fwd if mode == "fwd" else fwd_bwd
     y = step()
-    assert y.shape == (case.batch, case.dim_out, case.height, case.width)
+    assert y.shape == (case.batch, case.dim_out, *case.spatial)
 
     def call():
         step()

@@ -18,6 +18,7 @@ from lambda_kernels.bench import targets as T
 from lambda_kernels.bench import models as M
 from lambda_kernels.cost import in_image_taps, in_volume_taps
 from lambda_kernels.bench.measure import cpu_memory_subprocess, summarize
+from lambda_kernels.bench.measure import make_steps as measure_steps
 from lambda_kernels.bench.presets import PRESETS, Case, apply_overrides, parse_size, sweep_cases
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -237,7 +238,7 @@ def test_triton_interpreter_row(tmp_path):
         assert row["reason"]
 
 
-def test_targets_preset_on_tiny_shapes():
+def test_targets_preset_on_tiny_shapes(capsys):
     """--preset targets: the positional kernel timed alone, a targets table; on shapes other
     than the targets' own, every target says it is not comparable."""
     res = cli.run_cli(["--preset", "targets", "--size", "8", "--dim", "8", "--dim-k", "4",
@@ -249,13 +250,21 @@ def test_targets_preset_on_tiny_shapes():
         kernel = rows[("seed-local", "lambda-cpu")]["kernel"]
         assert kernel["backend"] == "cpu" and kernel["useful_flop"] > 0
         assert 0 < kernel["frac_peak_fwd"] and 0 < kernel["frac_peak_fwdbwd"]
+        bf16 = rows[("seed-local bf16", "lambda-cpu")]["kernel"]
+        assert bf16["mm_dtypes"] == ["float32", "bfloat16"] and bf16["frac_mm_bfloat16_fwd"] > 0
     assert "kernel" not in rows[("seed-local", "lambda-networks")]
     names = [t["name"] for t in res["targets"]]
-    # seed cases 9, seed-local bf16 3, three stage shapes: fp32 2 and bf16 2 each
-    assert len(names) == 24 and any("positional kernel backward" in n for n in names)
+    # seed cases 9, seed-local bf16 3, three stage shapes: fp32 2 and bf16 2 each; under
+    # autocast: seed-local and the stage shapes 1 each
+    assert len(names) == 28 and any("positional kernel backward" in n for n in names)
+    autocast = rows[("seed-local autocast bf16", "lambda-cpu")]
+    if autocast["status"] == "ok":
+        assert "kernel" not in autocast and autocast["fwdbwd"]["median"] > 0
+        assert rows[("seed-local autocast bf16", "lambda-networks")]["err_vs"] == "lambda-cpu"
     assert any("vs our fp32 layer" in n for n in names)
     assert all(t["status"].startswith("not comparable: dim=8 (target at ")
                for t in res["targets"])
+    assert "median of the per-pair ratios [their IQR]" in capsys.readouterr().out
 
 
 def _row(case, provider, fwd=None, fwdbwd=None, **extra):
@@ -411,3 +420,319 @@ def test_video_preset_on_tiny_shapes():
         range(2), range(3), range(4), range(-1, 2), range(-2, 3), range(-1, 2))
         if 0 <= t + a < 2 and 0 <= i + b < 3 and 0 <= j + c < 4)
     assert in_volume_taps(2, 3, 4, 3, 5, 3) == brute
+
+
+# --------------------------------------------------------------------------------------------
+# interleaved timing: providers take turns repeat by repeat; speed-ups are per-pair ratios
+
+
+class _FakeClock:
+    """measure.now for tests: time moves only when a fake provider's call says so."""
+
+    def __init__(self):
+        self.t = 0.0
+        self.calls: list[tuple[str, str]] = []      # (provider, "eval" / "train"), in order
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _TimedModule(torch.nn.Module):
+    """Each call logs (name, mode) and takes seconds[mode][k] on the fake clock, k = the
+    module's k-th call in that mode (untimed first call and warm-up calls included)."""
+
+    def __init__(self, name, clock, seconds, logits=None):
+        super().__init__()
+        self.name, self.clock, self.seconds, self.logits = name, clock, seconds, logits
+        self.count = {"eval": 0, "train": 0}
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        mode = "train" if self.training else "eval"
+        table = self.seconds[mode]
+        self.clock.t += table[min(self.count[mode], len(table) - 1)]
+        self.count[mode] += 1
+        self.clock.calls.append((self.name, mode))
+        if self.logits:                                  # a classifier (model rows)
+            return x.mean((2, 3))[:, :1].expand(-1, self.logits) * 0 + self.w
+        return x * 0 + self.w
+
+
+class _TimedProvider(P.Provider):
+    def __init__(self, name, clock, seconds):
+        self.name, self.clock, self.seconds = name, clock, seconds
+        self.description = "fake times (tests)"
+
+    def build(self, case, device):
+        return _TimedModule(self.name, self.clock, self.seconds), ""
+
+
+class _TimedModel(M.ModelProvider):
+    def __init__(self, name, clock, seconds, stock=None):
+        self.name, self.clock, self.seconds, self.stock = name, clock, seconds, stock
+
+    def build(self, case):
+        return _TimedModule(self.name, self.clock, self.seconds, case.num_classes), ""
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    from lambda_kernels.bench import measure
+    clock = _FakeClock()
+    monkeypatch.setattr(measure, "now", clock)
+    return clock
+
+
+# base and mine: seconds of the timed calls; the per-pair ratios base/mine are [1, 5, 0.5]
+# (median 1, IQR [0.75, 3], min 0.5, max 5), while the ratio of the medians is 3/2
+BASE, MINE = [1.0, 10.0, 3.0], [1.0, 2.0, 6.0]
+
+
+def test_time_interleaved_takes_turns_and_stops_together(fake_clock):
+    from lambda_kernels.bench.measure import time_interleaved
+
+    def fn(name, seconds, fail_at=None):
+        count = itertools.count()
+
+        def call():
+            k = next(count)
+            fake_clock.calls.append(name)
+            if k == fail_at:
+                raise RuntimeError(f"{name} failed")
+            fake_clock.t += seconds
+        return call
+
+    cpu = torch.device("cpu")
+    got = time_interleaved([fn("A", 2.0), fn("B", 1.0), fn("C", 0.5)], cpu, warmup=2, repeats=3)
+    assert fake_clock.calls == ["A", "A", "B", "B", "C", "C"] + ["A", "B", "C"] * 3
+    assert got == [[2.0] * 3, [1.0] * 3, [0.5] * 3]
+    # max_time: every fn stops after the same round, once the one that spent most spent
+    # max_time and at least 3 rounds ran; a fn that raises leaves the rotation
+    fake_clock.calls.clear()
+    got = time_interleaved([fn("A", 2.0), fn("B", 1.0, fail_at=2)], cpu, warmup=1,
+                           repeats=10, max_time=3.0)
+    assert fake_clock.calls == ["A", "B"] + ["A", "B"] + ["A", "B"] + ["A"]
+    assert got[0] == [2.0] * 3
+    assert isinstance(got[1], RuntimeError) and "B failed" in str(got[1])
+    # a warm-up call longer than max_time: one round is enough
+    fake_clock.calls.clear()
+    got = time_interleaved([fn("A", 5.0), fn("B", 1.0)], cpu, warmup=1, repeats=10, max_time=3)
+    assert fake_clock.calls == ["A", "B", "A", "B"] and got == [[5.0], [1.0]]
+
+
+def test_layer_rows_interleave_and_report_per_pair_ratios(fake_clock, tmp_path, capsys):
+    """Two fake providers through the whole lambda-bench pipeline: the call order is A B A B
+    (after the untimed first calls and the warm-ups of each), the speed-up is the median of the
+    per-pair ratios, and its spread reaches the table, the JSON and the CSV."""
+    # eval calls: untimed first call, 1 warm-up, then the timed calls; train: warm-up, timed
+    base = {"eval": [0.5, 0.5, *BASE], "train": [0.5, *[4 * t for t in BASE]]}
+    mine = {"eval": [0.5, 0.5, *MINE], "train": [0.5, *MINE]}
+    for provider in (_TimedProvider("test-base", fake_clock, base),
+                     _TimedProvider("test-mine", fake_clock, mine)):
+        P.register(provider)
+    out = {ext: str(tmp_path / f"r.{ext}") for ext in ("json", "csv", "md")}
+    try:
+        res = cli.run_cli([*FAST, "--providers", "test-base,test-mine", "--baseline", "test-base",
+                           "--repeats", "3", "--warmup", "1", "--json", out["json"],
+                           "--csv", out["csv"], "--markdown", out["md"]])
+    finally:
+        P.REGISTRY.pop("test-base")
+        P.REGISTRY.pop("test-mine")
+    a, b = ("test-base", "eval"), ("test-mine", "eval")
+    ta, tb = ("test-base", "train"), ("test-mine", "train")
+    assert fake_clock.calls == [a, b, a, b, a, b, a, b, a, b, ta, tb, ta, tb, ta, tb, ta, tb]
+    rows = {r["provider"]: r for r in res["results"]}
+    mine_row = rows["test-mine"]
+    assert mine_row["fwd"]["samples"] == MINE and rows["test-base"]["fwd"]["samples"] == BASE
+    assert mine_row["speedup_fwd"] == pytest.approx(1.0)            # not 3/2, the medians' ratio
+    pairs = mine_row["speedup_fwd_pairs"]
+    assert (pairs["n"], pairs["min"], pairs["max"]) == (3, 0.5, 5.0)
+    assert (pairs["q25"], pairs["q75"]) == (pytest.approx(0.75), pytest.approx(3.0))
+    assert mine_row["speedup_fwdbwd"] == pytest.approx(4.0)         # ratios 4, 20, 2
+    assert rows["test-base"]["speedup_fwd"] == 1.0
+    text = capsys.readouterr().out
+    assert "1.00x [0.75-3.00]" in text and "4.00x [3.00-12.00]" in text
+    assert "median of the per-pair ratios" in text and "IQR of those ratios" in text
+    doc = json.load(open(out["json"]))
+    saved = {r["provider"]: r for r in doc["results"]}["test-mine"]
+    assert saved["speedup_fwd_pairs"]["max"] == 5.0
+    with open(out["csv"]) as f:
+        recs = {(r["provider"], r["mode"]): r for r in csv.DictReader(f)}
+    rec = recs[("test-mine", "fwd")]
+    assert {"speedup_min", "speedup_q25", "speedup_q75", "speedup_max", "speedup_pairs",
+            "vs_stock_min", "vs_stock_max"} <= set(rec)
+    assert (float(rec["speedup"]), float(rec["speedup_min"]), float(rec["speedup_max"]),
+            int(rec["speedup_pairs"])) == (1.0, 0.5, 5.0, 3)
+    assert "1.00x [0.75-3.00]" in open(out["md"]).read()
+
+
+def test_model_rows_interleave_and_report_per_pair_ratios(fake_clock, monkeypatch, capsys):
+    """lambda-bench train runs the same pipeline: every model built, then timed in turn."""
+    base = {"eval": [0.5, 0.5, *BASE], "train": [0.5, *BASE]}
+    mine = {"eval": [0.5, 0.5, *MINE], "train": [0.5, *MINE]}
+    monkeypatch.setitem(M.MODEL_REGISTRY, "test-stock", _TimedModel("test-stock", fake_clock,
+                                                                     base))
+    monkeypatch.setitem(M.MODEL_REGISTRY, "test-converted",
+                        _TimedModel("test-converted", fake_clock, mine, stock="test-stock"))
+    res = cli.run_cli([*TRAIN_FAST, "--image-size", "32", "--num-classes", "4", "--providers",
+                       "test-stock,test-converted", "--repeats", "3", "--warmup", "1"])
+    a, b = ("test-stock", "eval"), ("test-converted", "eval")
+    ta, tb = ("test-stock", "train"), ("test-converted", "train")
+    assert fake_clock.calls == [a, b, a, b, a, b, a, b, a, b, ta, tb, ta, tb, ta, tb, ta, tb]
+    row = {r["provider"]: r for r in res["results"]}["test-converted"]
+    for key in ("vs_stock_fwd", "vs_stock_fwdbwd", "speedup_fwd", "speedup_fwdbwd"):
+        assert row[key] == pytest.approx(1.0), key
+        assert (row[key + "_pairs"]["min"], row[key + "_pairs"]["max"]) == (0.5, 5.0)
+    assert "1.00x [0.75-3.00]" in capsys.readouterr().out
+
+
+def test_pair_ratios_and_targets_read_pairs():
+    from lambda_kernels.bench.measure import pair_ratios
+    from lambda_kernels.bench.runner import add_ratios
+
+    pairs = pair_ratios(BASE, MINE)
+    assert pairs["median"] == 1.0 and (pairs["min"], pairs["max"], pairs["n"]) == (0.5, 5.0, 3)
+    assert pair_ratios([], MINE) == {}
+    rows = [_row("seed-local", "lambda-networks", fwd=3.0, case_index=0),
+            _row("seed-local", "lambda-cpu", fwd=2.0, case_index=0)]
+    rows[0]["fwd"]["samples"], rows[1]["fwd"]["samples"] = BASE, MINE
+    add_ratios(rows, "lambda-networks")
+    assert rows[1]["speedup_fwd"] == 1.0 and rows[1]["speedup_fwdbwd"] is None
+    # a target on rows of one case uses the same per-pair median, not the medians' ratio
+    measure = T.ratio("lambda-networks", "lambda-cpu", "fwd")
+    value, pairs = measure({r["provider"]: r for r in rows})
+    assert value == 1.0 and (pairs["q25"], pairs["q75"]) == (0.75, 3.0)
+    assert T._text(value, "x", pairs) == "1.00x [0.75-3.00]"
+    del rows[0]["fwd"]["samples"]
+    assert measure({r["provider"]: r for r in rows}) == pytest.approx(1.5)
+
+
+def test_cpu_levels_script_writes_one_labelled_file_per_level_and_bench(tmp_path, monkeypatch):
+    """benchmarks/cpu_levels.py: the lambda-bench commands of each level (lambda-bench itself
+    replaced by a stub that writes its --json and --markdown), merged into
+    cpu-<level>-<bench>-<date>.{md,json} with the run's conditions."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import cpu_levels
+    finally:
+        sys.path.pop(0)
+    ran = []
+
+    def fake_run(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "lambda_kernels.bench"]:          # git rev-parse
+            return subprocess.CompletedProcess(cmd, 0, stdout="abc123\n")
+        argv = cmd[3:]
+        ran.append(argv)
+        path = lambda flag: argv[argv.index(flag) + 1]
+        with open(path("--json"), "w") as f:
+            json.dump({"meta": {"argv": argv}, "results": []}, f)
+        with open(path("--markdown"), "w") as f:
+            f.write("# lambda-bench results (x)\n\n## a case\n")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(cpu_levels.subprocess, "run", fake_run)
+    level = next(lv for lv, why in lambda_kernels.cpu_isa_levels().items() if why is None)
+    assert cpu_levels.main(["--levels", level, "--repeats", "2", "--out-dir", str(tmp_path),
+                            "--date", "D", "--label", "trial"]) == 0
+    assert [a[:2] for a in ran] == [["--preset", "targets"], ["--preset", "resnet"],
+                                    ["train", "--batch"], ["train", "--batch"]]
+    assert all(["--cpu-isa", level] == a[a.index("--cpu-isa"):a.index("--cpu-isa") + 2] and
+               "--repeats" in a for a in ran)
+    assert [a[a.index("--dtype") + 1] for a in ran[2:]] == ["float32", "bfloat16"]
+    assert sorted(os.listdir(tmp_path)) == sorted(f"cpu-{level}-{b}-D.{e}" for b in
+                                                  ("targets", "resnet", "train")
+                                                  for e in ("md", "json"))
+    train = json.load(open(tmp_path / f"cpu-{level}-train-D.json"))
+    assert set(train) == {"meta", "float32", "bfloat16"}
+    conditions = train["meta"]["levels_run"]
+    assert conditions["versions"]["torch"] == torch.__version__ and conditions["cpu"]["cores"]
+    assert conditions["versions"]["lambda_kernels_commit"] == "abc123"
+    assert len(conditions["runs"]) == 2 and len(conditions["runs"][0]["load_before"]) == 3
+    md = open(tmp_path / f"cpu-{level}-targets-D.md").read()
+    assert md.startswith(f"# CPU level {level}: targets (trial)")
+    assert "load average" in md and "vector flags" in md and "### a case" in md
+
+
+def test_positional_kernel_fraction_is_per_pair_against_mm_timed_in_turn(fake_clock,
+                                                                         monkeypatch):
+    """The kernel alone, timed in turn with torch.mm in fp32 and (bf16 case) bf16: its
+    fraction of each mm rate is the median over pairs of (flop / t_kernel) / (mm_flop / t_mm)."""
+    import types
+    from lambda_kernels import backends
+    from lambda_kernels.bench import measure
+
+    def ticking(name, seconds):
+        count = itertools.count()
+
+        def call(*args):
+            fake_clock.calls.append(name)
+            fake_clock.t += seconds[next(count)]
+        return call
+
+    kernel = {"fwd": [2.0, 4.0, 1.0], "bwd": [3.0, 3.0, 3.0]}
+    ops = types.SimpleNamespace(lambda_output=ticking("kernel", kernel["fwd"]),
+                                lambda_output_backward=ticking("kernel-bwd", kernel["bwd"]))
+    monkeypatch.setattr(backends, "get", lambda name: types.SimpleNamespace(ops=lambda: ops))
+    mm_seconds = {torch.float32: [1.0] * 6, torch.bfloat16: [0.5] * 6}
+    monkeypatch.setattr(measure, "_mm_call", lambda device, dtype, size: (
+        ticking(str(dtype), mm_seconds[dtype]), 100.0))
+    case = apply_overrides(TINY, dtype="bfloat16")
+    out = measure.positional_kernel_rate("cpu", case, torch.device("cpu"), warmup=0, repeats=3,
+                                         max_time=float("inf"), peak_flops=50.0)
+    assert fake_clock.calls[:6] == ["kernel", "torch.float32", "torch.bfloat16"] * 2
+    flop = P.flops_positional(case)
+    # fwd pairs: t_mm / t_kernel = 1/2, 1/4, 1 (fp32) and half that (bf16)
+    assert out["frac_mm_float32_fwd"] == pytest.approx(flop / 100 * 0.5)
+    assert out["frac_peak_fwd"] == out["frac_mm_float32_fwd"]
+    assert out["frac_peak_fwd_pairs"] == out["frac_mm_float32_fwd_pairs"]
+    assert out["frac_mm_bfloat16_fwd"] == pytest.approx(flop / 100 * 0.25)
+    pairs = out["frac_mm_float32_fwd_pairs"]
+    assert (pairs["min"], pairs["max"], pairs["n"]) == (pytest.approx(flop / 400),
+                                                      pytest.approx(flop / 100), 3)
+    assert out["mm_flop_s"]["bfloat16"]["fwd"] == pytest.approx(200.0)
+    assert out["start_of_run_frac_fwd"] == pytest.approx(flop / 2.0 / 50.0)
+    # targets: on a CPU with AMX-BF16 the bf16 kernel is held to the bf16 mm rate instead
+    names = lambda flags: {t.name for t in T.LAYER_TARGETS if t.case == "seed-local bf16"
+                           and (not t.cpu_flag or t.cpu_flag in flags)
+                           and not (t.without_cpu_flag and t.without_cpu_flag in flags)}
+    assert any("/ bf16 torch.mm" in n for n in names({"amx_bf16"}))
+    assert not any("/ fp32 torch.mm" in n for n in names({"amx_bf16"}))
+    assert any("/ fp32 torch.mm" in n for n in names({"avx512_bf16"}))
+    cases = [c for c in PRESETS["targets"].cases if c.label == "seed-local bf16"]
+    rows = [_row("seed-local bf16", "lambda-cpu", fwd=1.0,
+                 kernel={"frac_mm_bfloat16_fwd": 0.6, "frac_peak_fwd": 0.9})]
+    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2,
+                                            flags={"amx_bf16"})}
+    assert got["seed-local bf16 positional kernel forward, useful FLOP/s / bf16 torch.mm"][
+        "status"] == "pass"
+    rows[0]["kernel"]["frac_mm_bfloat16_fwd_pairs"] = {"n": 3, "q25": 0.5, "q75": 0.7}
+    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2,
+                                            flags={"amx_bf16"})}
+    assert got["seed-local bf16 positional kernel forward, useful FLOP/s / bf16 torch.mm"][
+        "measured_text"] == "60% [50-70%]"
+    got = T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2, flags=set())
+    assert [t["status"] for t in got if "fp32 torch.mm" in t["name"] and "forward" in
+            t["name"]] == ["fail"]
+
+
+def test_autocast_cases_run_the_steps_under_autocast():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append((self.training, torch.is_autocast_enabled("cpu"),
+                         torch.get_autocast_dtype("cpu")))
+            return torch.nn.functional.linear(x, torch.ones(4, 4))   # bf16 under autocast
+
+    x, dy = torch.randn(2, 4), torch.randn(2, 4)
+    fwd, fwd_bwd, _ = measure_steps(Probe(), x, dy, torch.bfloat16)
+    assert fwd().dtype == torch.bfloat16 and fwd_bwd().dtype == torch.bfloat16
+    assert seen == [(False, True, torch.bfloat16), (True, True, torch.bfloat16)]
+    seen.clear()
+    fwd, _, _ = measure_steps(Probe(), x, dy)
+    assert fwd().dtype == torch.float32 and seen[0][1] is False
+    case = PRESETS["targets"].cases[3]
+    assert case.autocast == "bfloat16" and "under autocast bfloat16" in case.describe()
+    assert apply_overrides(case, dtype="bf16").autocast is None      # runs in bf16 itself
+    with pytest.raises(ValueError, match="autocast needs a float32 case"):
+        Case(dtype="bfloat16", autocast="bfloat16").check()

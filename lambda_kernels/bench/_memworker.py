@@ -30,7 +30,7 @@ def main(arg: str) -> dict:
     module, _ = provider.build(case, device)
     x = providers.make_input(case, device)
     dy = providers.make_grad(case, device)
-    fwd, fwd_bwd, clear = make_steps(module, x, dy)
+    fwd, fwd_bwd, clear = make_steps(module, x, dy, case.autocast_dtype)
     out: dict = {"cpu_isa": os.environ.get(ENV_CPU_ISA)}
     for key, fn in (("mem_fwd", fwd), ("mem_fwdbwd", fwd_bwd)):
         try:

@@ -1,9 +1,13 @@
 """Timing, memory and the machine's matmul rate.
 
-Timing: `warmup` untimed calls, then up to `repeats` timed calls (stopping early once
-`max_time` seconds are spent and at least min(3, repeats) calls are done; at least 1 if a
-single warm-up call already took longer than `max_time`). CPU calls are
-timed with time.perf_counter; CUDA calls with torch.cuda.Event pairs on the current stream.
+Timing (time_interleaved): the providers of one measurement take turns, repeat by repeat:
+`warmup` untimed calls of each, then rounds A B A B ... of one timed call each, up to `repeats`
+rounds (stopping early once the provider that spent most has spent `max_time` seconds and at
+least min(3, repeats) rounds are done; at least 1 if a warm-up call already took longer than
+`max_time`). Every provider so gets the same number of calls, and call i of one provider ran
+next to call i of another: pair_ratios divides them pair by pair, so a ratio holds when the
+machine's speed drifts during the measurement. CPU calls are timed with time.perf_counter
+(through `now`), CUDA calls with torch.cuda.Event pairs on the current stream.
 "fwd" runs the module in eval mode under torch.no_grad (inference); "fwd+bwd" runs it in
 train mode with x.requires_grad and backpropagates a fixed random dy (a training step without
 the optimiser).
@@ -50,36 +54,79 @@ def summarize(samples: list[float]) -> dict:
             "n": len(s)}
 
 
+def now() -> float:
+    """The clock of CPU timings (a function, so tests can put a fake clock in its place)."""
+    return time.perf_counter()
+
+
+def _timed_call(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3
+    t0 = now()
+    fn()
+    return now() - t0
+
+
+def time_interleaved(fns: list[Callable[[], object]], device: torch.device, *, warmup: int,
+                     repeats: int, max_time: float = float("inf")) -> list:
+    """Seconds per call of each of `fns`, the calls interleaved round by round (module doc).
+    One entry per fn: its list of seconds, or the exception it raised (a fn that raises leaves
+    the rotation; the others go on)."""
+    cuda = device.type == "cuda"
+    results: list = [[] for _ in fns]
+    slow = False
+    for i, fn in enumerate(fns):
+        for _ in range(warmup):
+            try:
+                t0 = now()
+                fn()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                seconds = now() - t0
+            except Exception as exc:
+                results[i] = exc.with_traceback(None)  # its frames would keep tensors alive
+                break
+        else:
+            slow = slow or (warmup > 0 and seconds > max_time)
+    live = [i for i, r in enumerate(results) if isinstance(r, list)]
+    spent = [0.0] * len(fns)
+    # at least 3 rounds, unless one warm-up call alone exceeded max_time
+    floor = 1 if slow else min(3, repeats)
+    for done in range(1, repeats + 1):
+        for i in list(live):
+            try:
+                seconds = _timed_call(fns[i], device)
+            except Exception as exc:
+                results[i] = exc.with_traceback(None)
+                live.remove(i)
+                continue
+            results[i].append(seconds)
+            spent[i] += seconds
+        if not live or (done >= floor and max(spent[i] for i in live) > max_time):
+            break
+    return results
+
+
 def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int,
                max_time: float = float("inf")) -> list[float]:
-    """Seconds per call of fn (see module doc)."""
-    cuda = device.type == "cuda"
-    slow = False
-    for _ in range(warmup):
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        slow = time.perf_counter() - t0 > max_time
-    samples: list[float] = []
-    # at least 3 timed calls, unless one warm-up call alone exceeded max_time
-    floor = 1 if slow else min(3, repeats)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            samples.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
-        if len(samples) >= floor and time.perf_counter() - start > max_time:
-            break
+    """Seconds per call of fn alone (time_interleaved with one fn; its exception raised)."""
+    (samples,) = time_interleaved([fn], device, warmup=warmup, repeats=repeats,
+                                  max_time=max_time)
+    if isinstance(samples, BaseException):
+        raise samples
     return samples
+
+
+def pair_ratios(base: list[float], mine: list[float]) -> dict:
+    """summarize() of base[i] / mine[i] over the repeat pairs i (the i-th call of each, timed
+    next to each other by time_interleaved): median, IQR, min, max and the number of pairs;
+    {} when there is no pair."""
+    return summarize([b / m for b, m in zip(base, mine) if m > 0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,9 +170,14 @@ def device_name(device: torch.device) -> str:
 # one training / inference step
 
 
-def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
-    """(forward-only callable, forward+backward callable, clear-gradients callable)."""
+def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor,
+               autocast: Optional[torch.dtype] = None):
+    """(forward-only callable, forward+backward callable, clear-gradients callable); with
+    `autocast`, both forwards run under torch.autocast in that dtype."""
+    import contextlib
     x_grad = x.detach().clone().requires_grad_(True)
+    amp = (lambda: torch.autocast(x.device.type, dtype=autocast)) if autocast else \
+        contextlib.nullcontext
 
     def clear():
         for p in module.parameters():
@@ -134,25 +186,40 @@ def make_steps(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor):
 
     def fwd():
         module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             return module(x)
 
     def fwd_bwd():
         module.train()
         clear()
-        y = module(x_grad)
-        y.backward(dy)
+        with amp():
+            y = module(x_grad)
+        y.backward(dy.to(y.dtype))
         return y
 
     return fwd, fwd_bwd, clear
 
 
+def _mm_call(device: torch.device, dtype: torch.dtype, size: int):
+    """(a torch.mm call on two seeded size x size matrices of `dtype`, its FLOP)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    return (lambda: torch.mm(a, b)), 2.0 * size ** 3
+
+
 def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: int,
-                           repeats: int, max_time: float, peak_flops: Optional[float]) -> dict:
+                           repeats: int, max_time: float, peak_flops: Optional[float] = None,
+                           mm_size: Optional[int] = None) -> dict:
     """The positional kernel of a fused back end alone (op lambda_output, and its backward) on
-    the shapes of `case`: medians, useful FLOP/s (providers.flops_positional, forward and
-    backward; the "fwdbwd" entry times the backward op alone) and their fraction of the run's
-    torch.mm rate."""
+    the shapes of `case`, timed in turn with torch.mm (time_interleaved: kernel, mm in the
+    run's matmul dtype — fp32 on CPU, bf16 on CUDA — and, for a bf16 / fp16 case on CPU, mm in
+    that dtype too): medians, useful FLOP/s (providers.flops_positional, forward and backward;
+    the "fwdbwd" entry times the backward op alone), and per mode the fraction of the mm rate
+    as the median over repeat pairs of (kernel FLOP/s) / (mm FLOP/s): frac_peak_<mode> against
+    the run's matmul dtype, frac_mm_<dtype>_<mode> against each, with its spread in
+    <key>_pairs. (`peak_flops`, the rate measured at the start of the run, is kept as
+    start_of_run_frac_<mode> for comparison.)"""
     from .. import backends
     from .op_shapes import case_shape, op_inputs
     from .providers import flops_positional
@@ -163,18 +230,38 @@ def positional_kernel_rate(backend: str, case, device: torch.device, *, warmup: 
     b, h, _, _, v, hh, ww = shape[:7]
     dy = torch.randn(b, h, v, hh, ww, generator=torch.Generator().manual_seed(3)).to(
         device=device, dtype=case.torch_dtype)
-    timing = dict(warmup=warmup, repeats=repeats, max_time=max_time)
+    cuda = device.type == "cuda"
+    mm_dtypes = [torch.bfloat16 if cuda else torch.float32]
+    if case.torch_dtype in (torch.bfloat16, torch.float16) and case.torch_dtype not in mm_dtypes:
+        mm_dtypes.append(case.torch_dtype)
+    size = mm_size or (4096 if cuda else 1024)
+    mms = [_mm_call(device, dtype, size) for dtype in mm_dtypes]
+    names = [str(dtype).replace("torch.", "") for dtype in mm_dtypes]
     out = {"backend": backend, "useful_flop": flops_positional(case),
            "useful_flop_backward": flops_positional(case, backward=True),
-           "fwd": summarize(time_calls(lambda: ops.lambda_output(q, values, table, lam), device,
-                                       **timing)),
-           "fwdbwd": summarize(time_calls(
-               lambda: ops.lambda_output_backward(dy, q, values, table, lam), device, **timing))}
+           "mm_size": size, "mm_dtypes": names, "mm_flop_s": {}}
+    calls = {"fwd": lambda: ops.lambda_output(q, values, table, lam),
+             "fwdbwd": lambda: ops.lambda_output_backward(dy, q, values, table, lam)}
     for mode, flop in (("fwd", out["useful_flop"]), ("fwdbwd", out["useful_flop_backward"])):
-        rate = flop / out[mode]["median"]
-        out[f"flop_s_{mode}"] = rate
-        out[f"frac_peak_{mode}"] = rate / peak_flops if peak_flops and peak_flops == peak_flops \
-            else None
+        results = time_interleaved([calls[mode]] + [call for call, _ in mms], device,
+                                   warmup=warmup, repeats=repeats, max_time=max_time)
+        for samples in results:
+            if isinstance(samples, BaseException):
+                raise samples
+        kernel = results[0]
+        out[mode] = summarize(kernel)
+        out[f"flop_s_{mode}"] = flop / out[mode]["median"]
+        for name, (_, mm_flop), mm_samples in zip(names, mms, results[1:]):
+            pairs = pair_ratios(mm_samples, kernel)          # t(mm) / t(kernel)
+            pairs = {k: (val * flop / mm_flop if k != "n" else val) for k, val in pairs.items()}
+            out[f"frac_mm_{name}_{mode}"] = pairs.get("median")
+            out[f"frac_mm_{name}_{mode}_pairs"] = pairs
+            out["mm_flop_s"].setdefault(name, {})[mode] = mm_flop / summarize(mm_samples)[
+                "median"]
+        out[f"frac_peak_{mode}"] = out[f"frac_mm_{names[0]}_{mode}"]
+        out[f"frac_peak_{mode}_pairs"] = out[f"frac_mm_{names[0]}_{mode}_pairs"]
+        out[f"start_of_run_frac_{mode}"] = (out[f"flop_s_{mode}"] / peak_flops
+                                            if peak_flops and peak_flops == peak_flops else None)
     return out
 
 

@@ -15,7 +15,9 @@ do not start at zero and the logits compared in the max|err| column depend on ev
 Measured per model on one seeded input batch: inference = eval-mode forward under no_grad;
 training step = train-mode forward, cross-entropy, backward and an SGD (momentum) step, the
 step lambda-train runs. Mixed precision (bfloat16 / float16) runs under autocast, as training
-does. Peak memory is not measured here.
+does. All models are built first, then timed together, interleaved call by call (runner.
+measure_rows), so the vs-stock and speed-up columns are medians of per-pair ratios. Peak
+memory is not measured here.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from torch import nn
 
 from .presets import DTYPES, dtype_name
 from .providers import module_missing, torch_variant
-from .runner import Options, Steps, add_note, base_row, measure_row
+from .runner import (Entry, Options, Steps, add_note, base_row, measure_rows, paired_speedup,
+                     set_ratio)
 
 INSTALL_TIMM = 'pip install "lambda-kernels[timm]"'
 
@@ -189,17 +192,17 @@ def model_steps(module: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     return infer, step
 
 
-def run_model(name: str, case: ModelCase, x: torch.Tensor, labels: torch.Tensor, opts: Options,
-              outputs: dict) -> dict:
-    """Time one model's inference and training step (runner.measure_row); its eval-mode logits
-    go to outputs[name]."""
+def model_entry(name: str, case: ModelCase, x: torch.Tensor, labels: torch.Tensor,
+                opts: Options) -> Entry:
+    """One model's inference and training step, for runner.measure_rows (an unknown name: an
+    error row)."""
     row = base_row(name, case.label, 0, {**case.to_dict(), "model": name}, params=None,
                    stock=None, max_rel_err=None)
     provider = MODEL_REGISTRY.get(name)
     if provider is None:
         row.update(status="error", reason=f"unknown model provider {name!r}; known: "
                                           f"{', '.join(MODEL_REGISTRY)}")
-        return row
+        return Entry(row, None, lambda: None)
     row["stock"] = provider.stock
 
     def build() -> Steps:
@@ -212,29 +215,25 @@ def run_model(name: str, case: ModelCase, x: torch.Tensor, labels: torch.Tensor,
         infer, step = model_steps(module, x, labels, case, opts.device)
         return Steps(module, infer, step, note=note)
 
-    measure_row(row, provider, case, opts, build, outputs)
-    return row
+    return Entry(row, provider, build)
 
 
 def add_model_ratios(rows: list[dict], outputs: dict, baseline: Optional[str]) -> None:
-    """speedup_<mode> = t(baseline) / t; vs_stock_<mode> = t(stock twin) / t; images/s; and
-    the largest logit difference from the stock twin."""
+    """speedup_<mode> = t(baseline) / t and vs_stock_<mode> = t(stock twin) / t, each the
+    median over repeat pairs (runner.paired_speedup; spread in <key>_pairs); images/s; and the
+    largest logit difference from the stock twin."""
     by_name = {r["provider"]: r for r in rows}
-
-    def median(name, mode):
-        r = by_name.get(name)
-        return r[mode].get("median") if r and r["status"] == "ok" and r[mode] else None
-
     for row in rows:
         row["baseline"] = baseline
         batch = row["shape"]["batch"]
         for mode in ("fwd", "fwdbwd"):
-            mine = median(row["provider"], mode)
+            mine = row[mode].get("median") if row["status"] == "ok" and row[mode] else None
             row[f"img_s_{mode}"] = batch / mine if mine else None
-            base = median(baseline, mode) if baseline else None
-            row[f"speedup_{mode}"] = base / mine if base and mine else None
-            stock = median(row["stock"], mode) if row["stock"] else None
-            row[f"vs_stock_{mode}"] = stock / mine if stock and mine else None
+            set_ratio(row, f"speedup_{mode}",
+                      paired_speedup(by_name.get(baseline) if baseline else None, row, mode))
+            set_ratio(row, f"vs_stock_{mode}",
+                      paired_speedup(by_name.get(row["stock"]) if row["stock"] else None, row,
+                                     mode))
         if row["stock"] in outputs and row["provider"] in outputs:
             stock_logits = outputs[row["stock"]]
             row["max_abs_err"] = float((outputs[row["provider"]] - stock_logits).abs().max())
@@ -246,10 +245,11 @@ def run_models(case: ModelCase, names: list[str], opts: Options, baseline: Optio
                progress: Optional[Callable[[str], None]] = None) -> list[dict]:
     x, labels = make_batch(case, opts.device)
     outputs: dict = {}
-    rows = []
-    for name in names:
-        rows.append(run_model(name, case, x, labels, opts, outputs))
-        if progress:
+    entries = [model_entry(name, case, x, labels, opts) for name in names]
+    measure_rows(entries, case, opts, outputs)
+    rows = [entry.row for entry in entries]
+    if progress:
+        for name in names:
             progress(name)
     add_model_ratios(rows, outputs, baseline)
     for row in rows:

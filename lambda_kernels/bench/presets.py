@@ -42,6 +42,8 @@ class Case:
     label: str = ""
     frames: Optional[int] = None   # video/volume cases: x is (batch, dim, frames, height, width)
     rt: Optional[int] = None       # their temporal window (local context), odd
+    # run the float32 module and input under torch.autocast in this dtype (bfloat16 / float16)
+    autocast: Optional[str] = None
 
     def __post_init__(self):
         if self.dim_out is None:
@@ -66,6 +68,10 @@ class Case:
         return DTYPES[self.dtype]
 
     @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        return DTYPES[self.autocast] if self.autocast else None
+
+    @property
     def context(self) -> str:
         return f"r={self.r}" if self.r is not None else f"n={self.n}"
 
@@ -73,7 +79,8 @@ class Case:
         size = "x".join(map(str, self.spatial))
         context = self.context if self.rt is None else f"r=({self.rt},{self.r},{self.r})"
         s = (f"B={self.batch} {self.dim}->{self.dim_out} {size} "
-             f"k={self.dim_k} h={self.heads} u={self.dim_u} {context} {self.dtype}")
+             f"k={self.dim_k} h={self.heads} u={self.dim_u} {context} {self.dtype}"
+             + (f" under autocast {self.autocast}" if self.autocast else ""))
         return f"{self.label}: {s}" if self.label else s
 
     def to_dict(self) -> dict:
@@ -100,6 +107,11 @@ class Case:
                              f"got frames={self.frames}, r={self.r}, rt={self.rt}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; choose from {sorted(DTYPES)}")
+        if self.autocast is not None and (
+                DTYPES.get(self.autocast) not in (torch.bfloat16, torch.float16)
+                or self.torch_dtype != torch.float32):
+            raise ValueError(f"autocast needs a float32 case and bfloat16 or float16, got "
+                             f"dtype={self.dtype!r}, autocast={self.autocast!r}")
 
 
 @dataclass
@@ -143,11 +155,15 @@ PRESETS: dict[str, Preset] = {
               label="seed-global"),
          # bf16 (module and inputs in bf16): against lambda-networks in bf16 and our fp32 rows
          Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=4, r=23,
-              dtype="bfloat16", label="seed-local bf16")]
+              dtype="bfloat16", label="seed-local bf16"),
+         # float32 modules under bf16 autocast, as mixed-precision training runs them
+         Case(batch=1, dim=32, height=64, width=64, dim_k=16, heads=4, dim_u=4, r=23,
+              autocast="bfloat16", label="seed-local autocast bf16")]
         + [Case(batch=2, dim=c, height=s, width=s, dim_k=16, heads=4, dim_u=1, r=r, dtype=dt,
-                label=f"{s}x{s}/{c} r={r}" + (" bf16" if dt == "bfloat16" else ""))
+                autocast=amp, label=f"{s}x{s}/{c} r={r}" + suffix)
            for s, c, r in ((56, 128, 23), (28, 256, 9), (14, 512, 9))
-           for dt in ("float32", "bfloat16")],
+           for dt, amp, suffix in (("float32", None, ""), ("bfloat16", None, " bf16"),
+                                   ("float32", "bfloat16", " autocast bf16"))],
         repeats=5, warmup=1, max_time=5.0, providers=("lambda-cpu", "lambda-networks"),
         kernel_rate=True),
     "resnet": Preset(
@@ -203,6 +219,8 @@ def apply_overrides(case: Case, **over) -> Case:
             d["n"], d["r"] = value, None
         elif key == "dtype":
             d["dtype"] = dtype_name(DTYPES[value]) if value in DTYPES else value
+            if d["dtype"] != "float32":
+                d["autocast"] = None   # the case then runs in that dtype itself
         else:
             d[key] = value
     if over.get("dim") is not None and over.get("dim_out") is None:

@@ -62,7 +62,7 @@ def make_console():
     probe = Console()
     if probe.is_terminal:
         return probe
-    return Console(width=int(os.environ.get("COLUMNS", "220")), highlight=False)
+    return Console(width=int(os.environ.get("COLUMNS", "260")), highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,8 +94,15 @@ def _mb(v: Optional[float]) -> str:
     return "-" if v is None else f"{v / 2 ** 20:.3g}"
 
 
-def _x(v: Optional[float]) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+def _ratio(row: dict, key: str) -> str:
+    """The median per-pair ratio row[key] and, in brackets, the IQR of the per-pair ratios
+    (row[key + "_pairs"]; their min and max are in the JSON and CSV), e.g. '2.31x [2.05-2.62]'."""
+    value, pairs = row.get(key), row.get(key + "_pairs") or {}
+    if value is None:
+        return "-"
+    if pairs.get("n", 0) < 2:
+        return f"{value:.2f}x"
+    return f"{value:.2f}x [{pairs['q25']:.2f}-{pairs['q75']:.2f}]"
 
 
 def _pct(v: Optional[float]) -> str:
@@ -135,8 +142,8 @@ LAYER_COLUMNS = [
     Column("ran", ran, right=False),
     Column("fwd ms", lambda r: _time(r["fwd"])),
     Column("fwd+bwd ms", lambda r: _time(r["fwdbwd"])),
-    Column("speedup fwd", lambda r: _x(r.get("speedup_fwd"))),
-    Column("speedup f+b", lambda r: _x(r.get("speedup_fwdbwd"))),
+    Column("speedup fwd", lambda r: _ratio(r, "speedup_fwd")),
+    Column("speedup f+b", lambda r: _ratio(r, "speedup_fwdbwd")),
     Column("mem fwd", lambda r: _mb(r.get("mem_fwd"))),
     Column("mem f+b", lambda r: _mb(r.get("mem_fwdbwd"))),
     Column("img/s fwd", lambda r: _num(r.get("img_s_fwd"), fmt="{:.4g}")),
@@ -153,10 +160,10 @@ MODEL_COLUMNS = [
     Column("inference img/s", lambda r: _num(r.get("img_s_fwd"), fmt="{:.4g}")),
     Column("train step ms", lambda r: _time(r["fwdbwd"])),
     Column("train img/s", lambda r: _num(r.get("img_s_fwdbwd"), fmt="{:.4g}")),
-    Column("vs stock inf", lambda r: _x(r.get("vs_stock_fwd"))),
-    Column("vs stock train", lambda r: _x(r.get("vs_stock_fwdbwd"))),
-    Column("speedup inf", lambda r: _x(r.get("speedup_fwd"))),
-    Column("speedup train", lambda r: _x(r.get("speedup_fwdbwd"))),
+    Column("vs stock inf", lambda r: _ratio(r, "vs_stock_fwd")),
+    Column("vs stock train", lambda r: _ratio(r, "vs_stock_fwdbwd")),
+    Column("speedup inf", lambda r: _ratio(r, "speedup_fwd")),
+    Column("speedup train", lambda r: _ratio(r, "speedup_fwdbwd")),
     Column("params M", lambda r: _num(r.get("params"), 1e6)),
     Column("rel err", lambda r: _err(r.get("max_rel_err"))),
     Column("note", lambda r: r.get("note") or "", right=False),
@@ -204,9 +211,14 @@ def print_table(console, title: str, columns: list[Column], rows: list[dict],
     console.print(table)
 
 
+PAIRS = ("the median of the per-pair ratios (providers timed in turn, A B A B ..., pair i = "
+         "their i-th calls) [IQR of those ratios]")
+
+
 def layer_caption(meta: dict, baseline: Optional[str]) -> str:
     note = f" ({meta['baseline_note']})" if meta.get("baseline_note") else ""
-    return (f"time: median [IQR] ms; speedup = t({baseline}) / t{note}; mem: extra peak MiB; "
+    return (f"time: median [IQR] ms; speedup = t({baseline}) / t{note}, {PAIRS}; "
+            f"mem: extra peak MiB; "
             f"GFLOP per forward; %peak of {rate_text(meta.get('matmul_flop_s'))} torch.mm "
             f"({meta.get('matmul', {}).get('dtype', '?')}); ran: back end (variant)")
 
@@ -214,8 +226,8 @@ def layer_caption(meta: dict, baseline: Optional[str]) -> str:
 def model_caption(meta: dict, baseline: Optional[str]) -> str:
     return (f"time: median [IQR] ms; inference = eval forward, no_grad; train step = forward, "
             f"backward, SGD step; vs stock = t(stock timm model) / t; speedup = t({baseline}) "
-            f"/ t; rel err = max |logits - stock logits| / max |stock logits| (eval, same "
-            f"weights); ran: back end (variant)")
+            f"/ t; both {PAIRS}; rel err = max |logits - stock logits| / max |stock logits| "
+            f"(eval, same weights); ran: back end (variant)")
 
 
 def render_tables(console, rows: list[dict], cases, meta: dict, baseline: Optional[str],
@@ -227,17 +239,22 @@ def render_tables(console, rows: list[dict], cases, meta: dict, baseline: Option
                     [r for r in rows if r["case_index"] == ci], baseline, caption)
 
 
+TARGETS_CAPTION = ("measured: rows of one case timed in turn give the median of the per-pair "
+                   "ratios [their IQR]; rows of two cases, the ratio of their medians")
+
+
 def render_targets(console, targets: list[dict]) -> None:
     if not targets:
         return
     head = ["target", "measured", "required", "status"]
     body = [[t["name"], t["measured_text"], t["required_text"], t["status"]] for t in targets]
     if isinstance(console, PlainConsole):
-        console.print(_plain_table("targets", head, body, ""))
+        console.print(_plain_table("targets", head, body, TARGETS_CAPTION))
         return
     from rich import box
     from rich.table import Table
-    table = Table(title="targets", box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title="targets", box=box.SIMPLE_HEAD, title_justify="left",
+                  caption=literal(console, TARGETS_CAPTION), caption_justify="left")
     for h in head:
         table.add_column(h, justify="left" if h == "target" else "right")
     colour = {"pass": "green", "fail": "red"}
@@ -299,8 +316,15 @@ CSV_FIELDS = [
     "provider", "display", "status", "reason", "backend", "variant", "note", "mode", "median_s",
     "q25_s", "q75_s", "min_s", "max_s", "repeats", "peak_mem_bytes", "mem_method", "img_per_s",
     "flops", "flop_per_s", "frac_of_matmul_peak", "kernel_flop_per_s", "kernel_frac_of_matmul_peak",
-    "speedup", "baseline", "vs_stock", "stock", "max_abs_err", "max_rel_err",
+    "speedup", "speedup_min", "speedup_q25", "speedup_q75", "speedup_max", "speedup_pairs",
+    "baseline", "vs_stock", "vs_stock_min", "vs_stock_max", "stock", "max_abs_err",
+    "max_rel_err",
 ]
+
+
+def _pair_fields(row: dict, key: str, prefix: str, stats: tuple) -> dict:
+    pairs = row.get(key + "_pairs") or {}
+    return {f"{prefix}_{stat}": pairs.get(stat) for stat in stats}
 
 
 def csv_rows(rows: list[dict], meta: dict) -> list[dict]:
@@ -326,6 +350,10 @@ def csv_rows(rows: list[dict], meta: dict) -> list[dict]:
                      kernel_flop_per_s=(r.get("kernel") or {}).get(f"flop_s_{mode}"),
                      kernel_frac_of_matmul_peak=(r.get("kernel") or {}).get(f"frac_peak_{mode}"),
                      vs_stock=r.get(f"vs_stock_{mode}"), stock=r.get("stock"),
+                     **_pair_fields(r, f"speedup_{mode}", "speedup", ("min", "q25", "q75",
+                                                                       "max")),
+                     speedup_pairs=(r.get(f"speedup_{mode}_pairs") or {}).get("n"),
+                     **_pair_fields(r, f"vs_stock_{mode}", "vs_stock", ("min", "max")),
                      max_abs_err=r.get("max_abs_err"), max_rel_err=r.get("max_rel_err"))
             out.append(d)
     return out
@@ -464,7 +492,7 @@ def write_markdown(path: str, rows: list[dict], cases, meta: dict, baseline: Opt
     if targets:
         body = [[t["name"], t["measured_text"], t["required_text"], t["status"]]
                 for t in targets]
-        lines += ["## targets", "", *_markdown_table(["target", "measured", "required",
-                                                      "status"], body), ""]
+        lines += ["## targets", "", TARGETS_CAPTION, "",
+                  *_markdown_table(["target", "measured", "required", "status"], body), ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -2,9 +2,10 @@
 a case), peak memory in-process on CUDA or in fresh subprocesses on CPU. A provider that is
 unavailable or raises becomes a row with status "skipped"/"error" and the reason.
 
-`measure_row` is the one row runner of both benchmarks: the layer rows here (`run_one`) and
-the model rows of `lambda-bench train` (models.run_model) differ only in what they build and
-check."""
+`measure_rows` is the one row runner of both benchmarks: it times the providers of one case
+together, interleaved repeat by repeat, so each speed-up is the median of per-pair ratios
+(`paired_speedup`). The layer rows here (`layer_entry`) and the model rows of `lambda-bench
+train` (models.model_entry) differ only in what they build and check."""
 from __future__ import annotations
 
 import gc
@@ -16,8 +17,8 @@ from typing import Callable, Optional
 import torch
 
 from . import providers as P
-from .measure import (cpu_memory_subprocess, cuda_extra_peak, make_steps,
-                      positional_kernel_rate, summarize, time_calls)
+from .measure import (cpu_memory_subprocess, cuda_extra_peak, make_steps, pair_ratios,
+                      positional_kernel_rate, summarize, time_interleaved)
 from .presets import Case
 
 
@@ -96,65 +97,118 @@ class Steps:
     note: str = ""
 
 
-def measure_row(row: dict, provider, case, opts: Options, build: Callable[[], Steps],
-                outputs: dict, *, check: Optional[Callable[[dict, torch.Tensor], None]] = None,
-                train_optional: bool = False) -> bool:
-    """The one row runner of the layer and model benchmarks: availability, build, one
-    inference call (the back end that ran, `check(row, output)`, the output kept in
-    outputs[row["provider"]] for the error columns), then timing of inference and training
-    (with CUDA peak memory when opts.memory). A failure makes the row an error, except a
-    failing training call when `train_optional` (a note then). True if inference ran."""
-    reason = unavailable_reason(provider, case, opts.device)
+@dataclass
+class Entry:
+    """One row of a measurement: its provider, what builds its Steps, what checks its first
+    output, and whether a failing training call only adds a note (else the row is an error)."""
+    row: dict
+    provider: object
+    build: Callable[[], Steps]
+    check: Optional[Callable[[dict, torch.Tensor], None]] = None
+    train_optional: bool = False
+    steps: Optional[Steps] = None
+
+
+def timing(samples: list[float]) -> dict:
+    """A row's "fwd" / "fwdbwd" entry: summarize() and the seconds of every timed call, in
+    order (sample i of one row ran in round i, next to sample i of the others)."""
+    return {**summarize(samples), "samples": list(samples)}
+
+
+def _start(entry: Entry, case, opts: Options, outputs: dict) -> bool:
+    """Availability, build and one inference call (the back end that ran, the check, the output
+    kept in outputs[row["provider"]] for the error columns). True if the entry can be timed."""
+    row = entry.row
+    if row["status"] != "ok":        # already an error (e.g. an unknown provider)
+        return False
+    reason = unavailable_reason(entry.provider, case, opts.device)
     if reason:
         row.update(status="skipped", reason=reason)
         return False
-    cuda_memory = opts.memory and opts.device.type == "cuda"
-    timing = dict(warmup=opts.warmup, repeats=opts.repeats, max_time=opts.max_time)
-    steps = None
     try:
-        steps = build()
-        row["note"] = steps.note
-        y = steps.infer()
-        row["backend"], row["variant"] = provider.ran(steps.module, opts.device)
-        if check is not None:
-            check(row, y)
+        entry.steps = entry.build()
+        row["note"] = entry.steps.note
+        y = entry.steps.infer()
+        row["backend"], row["variant"] = entry.provider.ran(entry.steps.module, opts.device)
+        if entry.check is not None:
+            entry.check(row, y)
         outputs[row["provider"]] = y.detach().float().cpu()
         del y
-        row["fwd"] = summarize(time_calls(steps.infer, opts.device, **timing))
-        if cuda_memory:
-            row["mem_fwd"] = cuda_extra_peak(steps.infer, opts.device)
-            row["mem_method"] = "cuda max_memory_allocated delta"
     except Exception as exc:
         row.update(status="error", reason=failure_text(exc))
     if row["status"] == "error":  # outside the except block: the traceback is gone
-        del steps
+        entry.steps = None
         free_memory(opts.device)
         return False
-    try:
-        row["fwdbwd"] = summarize(time_calls(steps.train, opts.device, **timing))
-        steps.clear()
-        if cuda_memory:
-            row["mem_fwdbwd"] = cuda_extra_peak(steps.train, opts.device)
-            steps.clear()
-    except Exception as exc:
-        if not train_optional:
-            row.update(status="error", reason=failure_text(exc))
+    return True
+
+
+def measure_rows(entries: list[Entry], case, opts: Options, outputs: dict) -> None:
+    """The one row runner of the layer and model benchmarks, for the rows of one case: every
+    entry is built and run once (_start), then the entries that ran are timed together,
+    interleaved repeat by repeat (measure.time_interleaved): inference, then training (with
+    CUDA peak memory per entry when opts.memory). A failure makes its row an error, except a
+    failing training call of an entry with `train_optional` (a note then); the other rows go
+    on."""
+    live = [e for e in entries if _start(e, case, opts, outputs)]
+    cuda_memory = opts.memory and opts.device.type == "cuda"
+    schedule = dict(warmup=opts.warmup, repeats=opts.repeats, max_time=opts.max_time)
+
+    def record(mode: str, results: list, failed: Callable[[Entry, BaseException], None]):
+        still = []
+        for entry, samples in zip(list(live), results):
+            if isinstance(samples, BaseException):
+                failed(entry, samples)
+            else:
+                entry.row[mode] = timing(samples)
+                still.append(entry)
+        return still
+
+    def infer_failed(entry: Entry, exc: BaseException) -> None:
+        entry.row.update(status="error", reason=failure_text(exc))
+        entry.steps = None
+
+    def train_failed(entry: Entry, exc: BaseException) -> None:
+        if entry.train_optional:
+            add_note(entry.row, f"fwd+bwd failed: {failure_text(exc)}")
         else:
-            add_note(row, f"fwd+bwd failed: {failure_text(exc)}")
-    del steps
+            entry.row.update(status="error", reason=failure_text(exc))
+        entry.steps = None
+
+    def cuda_peak(entry: Entry, key: str, fn: Callable[[], object]) -> None:
+        try:
+            entry.row[key] = cuda_extra_peak(fn, opts.device)
+            entry.row["mem_method"] = "cuda max_memory_allocated delta"
+        except Exception as exc:
+            add_note(entry.row, f"{key} failed: {failure_text(exc)}")
+
+    results = time_interleaved([e.steps.infer for e in live], opts.device, **schedule)
+    live = record("fwd", results, infer_failed)
     free_memory(opts.device)
-    return row["status"] == "ok"
+    if cuda_memory:
+        for entry in live:
+            cuda_peak(entry, "mem_fwd", entry.steps.infer)
+    results = time_interleaved([e.steps.train for e in live], opts.device, **schedule)
+    live = record("fwdbwd", results, train_failed)
+    for entry in live:
+        entry.steps.clear()
+        if cuda_memory:
+            cuda_peak(entry, "mem_fwdbwd", entry.steps.train)
+            entry.steps.clear()
+    for entry in entries:
+        entry.steps = None
+    free_memory(opts.device)
 
 
-def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.Tensor,
-            opts: Options, outputs: dict) -> dict:
-    """Time one layer provider on one case; its eval-mode output goes to outputs[name]."""
+def layer_entry(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.Tensor,
+                opts: Options) -> Entry:
+    """One layer provider on one case, for measure_rows (an unknown name: an error row)."""
     row = new_row(name, case, case_index)
     try:
         prov = P.get(name)
     except KeyError as exc:
         row.update(status="error", reason=str(exc.args[0]))
-        return row
+        return Entry(row, None, lambda: None)
     row["display"] = prov.display_name(case)
     row["family"] = prov.family
 
@@ -163,7 +217,7 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         if flops == flops:  # not NaN
             row["flops_fwd"], row["flops_fwdbwd"] = flops, 3 * flops
         module, note = prov.build(case, opts.device)
-        fwd, fwd_bwd, clear = make_steps(module, x, dy)
+        fwd, fwd_bwd, clear = make_steps(module, x, dy, case.autocast_dtype)
         return Steps(module, fwd, fwd_bwd, clear, note)
 
     def check(row: dict, y: torch.Tensor) -> None:
@@ -174,17 +228,24 @@ def run_one(name: str, case: Case, case_index: int, x: torch.Tensor, dy: torch.T
         if not torch.isfinite(y).all():
             add_note(row, "non-finite output")
 
-    ran = measure_row(row, prov, case, opts, build, outputs, check=check, train_optional=True)
-    kernel = prov.kernel_backend() if ran and opts.kernel_rate else None
-    if kernel is not None:
-        try:
-            row["kernel"] = positional_kernel_rate(kernel, case, opts.device, warmup=opts.warmup,
-                                                   repeats=opts.repeats, max_time=opts.max_time,
-                                                   peak_flops=opts.peak_flops)
-        except Exception as exc:
-            add_note(row, f"kernel timing failed: {short_error(exc)}")
-        free_memory(opts.device)
-    return row
+    return Entry(row, prov, build, check=check, train_optional=True)
+
+
+def add_kernel_rate(entry: Entry, case: Case, opts: Options) -> None:
+    """The positional kernel alone (opts.kernel_rate, fused back ends, rows that ran)."""
+    row, prov = entry.row, entry.provider
+    # under autocast the kernel's dtype is the layer's choice: the bf16 rows time the kernel
+    kernel = prov.kernel_backend() if row["status"] == "ok" and row["fwd"] and \
+        not case.autocast else None
+    if kernel is None:
+        return
+    try:
+        row["kernel"] = positional_kernel_rate(kernel, case, opts.device, warmup=opts.warmup,
+                                               repeats=opts.repeats, max_time=opts.max_time,
+                                               peak_flops=opts.peak_flops)
+    except Exception as exc:
+        add_note(row, f"kernel timing failed: {short_error(exc)}")
+    free_memory(opts.device)
 
 
 def add_errors(rows: list[dict], outputs: dict) -> None:
@@ -224,8 +285,25 @@ def derive(rows: list[dict], peak_flops: float) -> None:
                                         else None)
 
 
+def paired_speedup(base: Optional[dict], row: Optional[dict], mode: str) -> dict:
+    """t(base) / t(row) in `mode`, repeat pair by repeat pair (both rows timed together by
+    measure_rows): measure.pair_ratios of their samples, {} when either did not run."""
+    if not base or not row or base.get("status") != "ok" or row.get("status") != "ok":
+        return {}
+    a, b = (r.get(mode) or {} for r in (base, row))
+    return pair_ratios(a.get("samples") or [], b.get("samples") or [])
+
+
+def set_ratio(row: dict, key: str, pairs: dict) -> None:
+    """row[key] = the median per-pair ratio (None without pairs); row[key + "_pairs"] = the
+    ratios' median, q25, q75, min, max and count n."""
+    row[key] = pairs.get("median")
+    row[key + "_pairs"] = pairs or None
+
+
 def add_ratios(rows: list[dict], baseline: Optional[str]) -> None:
-    """speedup_<mode> = baseline median / provider median, within each case."""
+    """speedup_<mode> = median over repeat pairs of t(baseline) / t, within each case (its
+    spread in speedup_<mode>_pairs); mem_ratio_<mode> = extra peak memory / the baseline's."""
     by_case: dict[int, dict[str, dict]] = {}
     for row in rows:
         by_case.setdefault(row["case_index"], {})[row["provider"]] = row
@@ -234,9 +312,7 @@ def add_ratios(rows: list[dict], baseline: Optional[str]) -> None:
         for row in rows_of_case.values():
             row["baseline"] = baseline
             for mode in ("fwd", "fwdbwd"):
-                b = base[mode].get("median") if base and base[mode] else None
-                m = row[mode].get("median") if row[mode] else None
-                row[f"speedup_{mode}"] = b / m if (b and m) else None
+                set_ratio(row, f"speedup_{mode}", paired_speedup(base, row, mode))
                 if base is not None:
                     bm, rm = base.get(f"mem_{mode}"), row.get(f"mem_{mode}")
                     row[f"mem_ratio_{mode}"] = rm / bm if (bm and rm is not None) else None
@@ -250,11 +326,14 @@ def run_all(cases: list[Case], names: list[str], opts: Options,
         x = P.make_input(case, opts.device)
         dy = P.make_grad(case, opts.device)
         outputs: dict = {}
-        case_rows = []
-        for name in names:
-            row = run_one(name, case, ci, x, dy, opts, outputs)
-            case_rows.append(row)
-            if progress:
+        entries = [layer_entry(name, case, ci, x, dy, opts) for name in names]
+        measure_rows(entries, case, opts, outputs)
+        if opts.kernel_rate:
+            for entry in entries:
+                add_kernel_rate(entry, case, opts)
+        case_rows = [entry.row for entry in entries]
+        if progress:
+            for name in names:
                 progress(f"{case.label or ci}: {name}")
         if opts.check_errors:
             add_errors(case_rows, outputs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .measure import pair_ratios
 from .presets import PRESETS
 
 Rows = dict  # provider name -> row, for one case
@@ -22,7 +23,8 @@ Rows = dict  # provider name -> row, for one case
 class Target:
     name: str
     case: str                                  # case label the rows come from
-    measure: Callable[[Rows], Optional[float]]
+    # the measured value, or (value, per-pair statistics: median, q25, q75, min, max, n)
+    measure: Callable[[Rows], object]
     threshold: float
     at_most: bool = False                      # True: measured <= threshold passes
     unit: str = "x"
@@ -30,6 +32,8 @@ class Target:
     requires: tuple = ()                       # (field, value) pairs the case must have
     # a second case whose rows `measure` also sees, as "<case>:<provider>"
     other_case: Optional[str] = None
+    cpu_flag: Optional[str] = None             # applies only where the CPU has this flag
+    without_cpu_flag: Optional[str] = None     # applies only where the CPU lacks this flag
 
 
 def _median(row: Optional[dict], mode: str) -> Optional[float]:
@@ -39,10 +43,20 @@ def _median(row: Optional[dict], mode: str) -> Optional[float]:
 
 
 def ratio(slow: str, fast: str, mode: str) -> Callable[[Rows], Optional[float]]:
-    """t(slow) / t(fast) in `mode` ('fwd' or 'fwdbwd'): how many times faster `fast` is."""
+    """t(slow) / t(fast) in `mode` ('fwd' or 'fwdbwd'): how many times faster `fast` is. Rows
+    of one case were timed together, in turn: the median of the per-pair ratios (as the
+    speed-up columns); rows of two cases (or without samples): the ratio of the medians."""
     def measure(rows: Rows) -> Optional[float]:
-        a, b = _median(rows.get(slow), mode), _median(rows.get(fast), mode)
-        return a / b if a and b else None
+        slow_row, fast_row = rows.get(slow), rows.get(fast)
+        a, b = _median(slow_row, mode), _median(fast_row, mode)
+        if not (a and b):
+            return None
+        if slow_row["case"] == fast_row["case"]:
+            pairs = pair_ratios(slow_row[mode].get("samples") or [],
+                                fast_row[mode].get("samples") or [])
+            if pairs:
+                return pairs["median"], pairs
+        return a / b
     return measure
 
 
@@ -54,12 +68,17 @@ def memory_ratio(large: str, small: str) -> Callable[[Rows], Optional[float]]:
     return measure
 
 
-def kernel_fraction(provider: str, mode: str) -> Callable[[Rows], Optional[float]]:
+def kernel_fraction(provider: str, mode: str, mm_dtype: Optional[str] = None
+                    ) -> Callable[[Rows], Optional[float]]:
     """Useful FLOP/s of the positional kernel (row['kernel'], see measure.positional_kernel_rate)
-    as a fraction of the torch.mm rate of the run."""
-    def measure(rows: Rows) -> Optional[float]:
+    as a fraction of the rate of torch.mm timed in turn with it: in the run's matmul dtype, or
+    in `mm_dtype`."""
+    key = f"frac_mm_{mm_dtype}_{mode}" if mm_dtype else f"frac_peak_{mode}"
+
+    def measure(rows: Rows):
         kernel = (rows.get(provider) or {}).get("kernel") or {}
-        return kernel.get(f"frac_peak_{mode}")
+        value, pairs = kernel.get(key), kernel.get(key + "_pairs")
+        return (value, pairs) if value is not None and pairs else value
     return measure
 
 
@@ -85,18 +104,27 @@ def _layer_targets() -> list[Target]:
             out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / torch.mm",
                               case, kernel_fraction(fused, mode), 0.60, unit="%",
                               requires=shape))
-    # bf16: the positional kernel against 2x the fp32 torch.mm rate (a CPU with AVX512_BF16 and
-    # no AMX: 60% of 2x = 1.2x; the run's torch.mm rate is fp32 on CPU), the layer against
-    # lambda-networks in bf16, and against our own fp32 layer at the same shape.
+    # bf16: the positional kernel against torch.mm — on a CPU with AMX-BF16, 50% of the bf16
+    # torch.mm rate (oneDNN runs it on AMX); without AMX, 60% of 2x the fp32 rate = 1.2x —, the
+    # layer against lambda-networks in bf16, and against our own fp32 layer at the same shape.
     case = "seed-local bf16"
     shape = _shape_of("targets", case)
     out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
                       ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape))
     for mode, label in (("fwd", "forward"), ("fwdbwd", "backward")):
         out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / fp32 torch.mm",
-                          case, kernel_fraction(fused, mode), 1.20, unit="%", requires=shape))
+                          case, kernel_fraction(fused, mode), 1.20, unit="%", requires=shape,
+                          without_cpu_flag="amx_bf16"))
+        out.append(Target(f"{case} positional kernel {label}, useful FLOP/s / bf16 torch.mm",
+                          case, kernel_fraction(fused, mode, "bfloat16"), 0.50, unit="%",
+                          requires=shape, cpu_flag="amx_bf16"))
+    # under bf16 autocast (float32 modules): the layer against lambda-networks
+    for case in (c.label for c in PRESETS["targets"].cases if c.autocast):
+        out.append(Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
+                          ratio(upstream, fused, "fwdbwd"), 3.0,
+                          requires=_shape_of("targets", case)))
     for case in (c.label for c in PRESETS["targets"].cases
-                 if c.label[0].isdigit() and c.label.endswith(" bf16")):  # stage shapes
+                 if c.label[0].isdigit() and c.label.endswith(" bf16") and not c.autocast):
         shape, fp32_case = _shape_of("targets", case), case[:-len(" bf16")]
         out += [Target(f"{case} fwd+bwd speed-up vs lambda-networks", case,
                        ratio(upstream, fused, "fwdbwd"), 3.0, requires=shape),
@@ -140,17 +168,40 @@ LAYER_TARGETS = _layer_targets()
 MODEL_TARGETS = _model_targets()
 
 
-def _text(value: Optional[float], unit: str) -> str:
+def _text(value: Optional[float], unit: str, pairs: Optional[dict] = None) -> str:
+    """e.g. '2.31x', '45%', and with per-pair statistics their IQR: '2.31x [2.05-2.62]',
+    '45% [40-51%]'."""
     if value is None:
         return "-"
-    return f"{100 * value:.0f}%" if unit == "%" else f"{value:.2f}x"
+    percent = unit == "%"
+    text = f"{100 * value:.0f}%" if percent else f"{value:.2f}x"
+    if pairs and pairs.get("n", 0) >= 2:
+        q25, q75 = pairs["q25"], pairs["q75"]
+        text += (f" [{100 * q25:.0f}-{100 * q75:.0f}%]" if percent else
+                 f" [{q25:.2f}-{q75:.2f}]")
+    return text
+
+
+def cpu_flags() -> set:
+    """This CPU's flags (/proc/cpuinfo 'flags' or 'Features'; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
 
 
 def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: str,
-             threads: int) -> list[dict]:
-    """One record per target that applies to this run (its case ran, on its device type). A
-    case whose shape differs from the target's is "not comparable" (e.g. shape flags given);
-    the record keeps the threads the run used (targets are stated for 2 threads on CPU)."""
+             threads: int, flags: Optional[set] = None) -> list[dict]:
+    """One record per target that applies to this run (its case ran, on its device type, on a
+    CPU with / without its flag: `flags`, default this CPU's). A case whose shape differs from
+    the target's is "not comparable" (e.g. shape flags given); the record keeps the threads the
+    run used (targets are stated for 2 threads on CPU)."""
+    flags = cpu_flags() if flags is None else flags
     by_case: dict[str, Rows] = {}
     for row in rows:
         by_case.setdefault(row["case"], {})[row["provider"]] = row
@@ -159,11 +210,17 @@ def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: 
     for target in targets:
         if target.case not in shapes or target.device != device_type:
             continue
+        if (target.cpu_flag and target.cpu_flag not in flags) or \
+                (target.without_cpu_flag and target.without_cpu_flag in flags):
+            continue
         case_rows = dict(by_case.get(target.case, {}))
         if target.other_case is not None:
             case_rows.update({f"{target.other_case}:{p}": r
                               for p, r in by_case.get(target.other_case, {}).items()})
         value = target.measure(case_rows)
+        pairs = None
+        if isinstance(value, tuple):
+            value, pairs = value
         changed = [f"{k}={shapes[target.case].get(k)!r} (target at {v!r})"
                    for k, v in target.requires if shapes[target.case].get(k) != v]
         if changed:
@@ -177,6 +234,8 @@ def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: 
         required = ("<= " if target.at_most else ">= ") + _text(target.threshold, target.unit)
         out.append({"name": target.name, "case": target.case, "measured": value,
                     "threshold": target.threshold, "at_most": target.at_most,
-                    "measured_text": _text(value, target.unit), "required_text": required,
+                    "measured_pairs": pairs,
+                    "measured_text": _text(value, target.unit, pairs),
+                    "required_text": required,
                     "status": status, "threads": threads})
     return out
