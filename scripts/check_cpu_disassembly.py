@@ -75,9 +75,10 @@ def innermost_multiply_add_loops(fn: Function) -> list[list[str]]:
 
 # A CPU register tile: lambda_kernels::cpu::<level>::tile_kernel<...>, ::pair_tile_kernel<...>
 # (on the amx level inside ::pairs::) or ::amx_tile_kernel<...> (not its cold split-off part,
-# which holds no loop; not the CUDA kernels' host stubs, also named *tile_kernel).
+# which holds no loop, nor its PLT entry; not the CUDA kernels' host stubs, also named
+# *tile_kernel).
 CPU_TILE = re.compile(r"::cpu::(\w+)::(?:pairs::)?(?:pair_|amx_)?tile_kernel<"
-                      r"(?!.*\[clone \.cold\])")
+                      r"(?!.*(?:\[clone \.cold\]|@plt))")
 
 
 def check(functions: list[Function]) -> list[str]:

@@ -101,6 +101,7 @@ def _references(case):
     return inputs, dy, d_lam, run(torch.float64), run(torch.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}h{}k{}u{}v{}_{}x{}_r{}x{}".format(*c))
 def test_amx_level_emulated(emulated, case):
     inputs, dy, d_lam, ref64, ref16 = _references(case)
@@ -124,6 +125,7 @@ def test_amx_level_emulated(emulated, case):
     assert configs == releases > 0, f"{configs} tile configurations, {releases} releases"
 
 
+@pytest.mark.slow
 def test_amx_level_emulated_on_worker_threads(emulated):
     """Tile state is per thread: with 2 ATen threads the workers must load their own
     configuration (the model faults otherwise), and the results repeat bit for bit whatever the
