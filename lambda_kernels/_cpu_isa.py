@@ -1,7 +1,9 @@
 """The CPU instruction-set level the `cpu` back end runs.
 
-The CPU kernels are compiled once per level — x86-64: `avx512_bf16` (avx512 + AVX512_BF16:
-bf16 inputs on the vdpbf16ps micro-kernel, other dtypes as avx512), `avx512` (AVX-512
+The CPU kernels are compiled once per level — x86-64: `amx` (avx512_bf16 + AMX-BF16 tiles, when
+the OS grants the tile state: bf16 inputs on tdpbf16ps tiles, other dtypes as avx512),
+`avx512_bf16` (avx512 + AVX512_BF16: bf16 inputs on the vdpbf16ps micro-kernel, other dtypes as
+avx512), `avx512` (AVX-512
 F/BW/VL/DQ + FMA), `avx2` (AVX2 + FMA), `baseline` (SSE2); aarch64: `neon` — into one
 extension, and the best level this CPU supports is chosen on first use. LAMBDA_KERNELS_CPU_ISA=<level> (read then)
 forces a level; use_cpu_isa() switches in-process (tests, benchmarks). A level the CPU lacks is

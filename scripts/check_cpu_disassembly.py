@@ -1,11 +1,13 @@
 """Static checks of the compiled CPU kernels, read from the disassembly (objdump):
 
-1. Every register tile (tile_kernel<...> of each instruction-set level, and the bf16
-   pair_tile_kernel<...> of the levels that have one) keeps its operands in registers: no stack
-   access (spill or reload) inside the innermost loop that does the multiply-adds.
+1. Every register tile (tile_kernel<...> of each instruction-set level, the bf16
+   pair_tile_kernel<...> of the levels that have one, and the AMX tile loop amx_tile_kernel<...>)
+   keeps its operands in registers: no stack access (spill or reload) inside the innermost loop
+   that does the multiply-adds (for AMX: the tile loads and tdpbf16ps).
 2. Wide instructions stay inside the code compiled for them: a function that touches a zmm
-   register belongs to the avx512 or avx512_bf16 kernels, one that touches a ymm register to
-   the avx2, avx512 or avx512_bf16 kernels. Anything else would be executed on CPUs that lack the instructions.
+   register belongs to the avx512, avx512_bf16 or amx kernels, one that touches a ymm register
+   to the avx2, avx512, avx512_bf16 or amx kernels, one that touches a tile register (tmm) to
+   the amx kernels. Anything else would be executed on CPUs that lack the instructions.
 
     python scripts/check_cpu_disassembly.py lambda_kernels/_C*.so
     python scripts/check_cpu_disassembly.py --objdump aarch64-linux-gnu-objdump isa_neon.o
@@ -24,10 +26,11 @@ FUNCTION = re.compile(r"^[0-9a-f]+ <(?P<name>.+)>:$")
 INSTRUCTION = re.compile(r"^\s*(?P<addr>[0-9a-f]+):\s+(?P<text>.+)$")
 BRANCH = re.compile(r"^(j[a-z]+|b\.[a-z]+|b|cbn?z|tbn?z)\s+(?:[a-z0-9]+,\s*)*(?:#?\d+,\s*)?"
                     r"(?P<target>[0-9a-f]+)\b")
-MULTIPLY_ADD = re.compile(r"^(vfn?madd|vdpbf16ps|fmla|mulp[sd]|fmul)")
+MULTIPLY_ADD = re.compile(r"^(vfn?madd|vdpbf16ps|tdpbf16ps|fmla|mulp[sd]|fmul)")
 STACK = re.compile(r"\(%rsp\)|\(%rbp\)|%rsp,|\[sp\b|\[x29\b")
-LEVELS = {"zmm": ("::avx512::", "::avx512_bf16::"),
-          "ymm": ("::avx2::", "::avx512::", "::avx512_bf16::")}
+LEVELS = {"zmm": ("::avx512::", "::avx512_bf16::", "::amx::"),
+          "ymm": ("::avx2::", "::avx512::", "::avx512_bf16::", "::amx::"),
+          "tmm": ("::amx::",)}
 
 
 @dataclass
@@ -70,10 +73,12 @@ def innermost_multiply_add_loops(fn: Function) -> list[list[str]]:
     return loops
 
 
-# A CPU register tile: lambda_kernels::cpu::<level>::tile_kernel<...> or ::pair_tile_kernel<...>
-# (not its cold split-off part, which holds no loop; not the CUDA kernels' host stubs, also
-# named *tile_kernel).
-CPU_TILE = re.compile(r"::cpu::(\w+)::(?:pair_)?tile_kernel<(?!.*\[clone \.cold\])")
+# A CPU register tile: lambda_kernels::cpu::<level>::tile_kernel<...>, ::pair_tile_kernel<...>
+# (on the amx level inside ::pairs::) or ::amx_tile_kernel<...> (not its cold split-off part,
+# which holds no loop, nor its PLT entry; not the CUDA kernels' host stubs, also named
+# *tile_kernel).
+CPU_TILE = re.compile(r"::cpu::(\w+)::(?:pairs::)?(?:pair_|amx_)?tile_kernel<"
+                      r"(?!.*(?:\[clone \.cold\]|@plt))")
 
 
 def check(functions: list[Function]) -> list[str]:

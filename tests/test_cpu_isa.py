@@ -40,7 +40,7 @@ def _cpu_flags() -> set[str]:
 def test_levels_for_this_architecture_lowest_first():
     levels = lambda_kernels.cpu_isa_levels()
     if X86:
-        assert list(levels) == ["baseline", "avx2", "avx512", "avx512_bf16"]
+        assert list(levels) == ["baseline", "avx2", "avx512", "avx512_bf16", "amx"]
         assert levels["baseline"] is None  # every x86-64 CPU has SSE2
     else:
         assert list(levels) == ["neon"] and levels["neon"] is None
@@ -53,6 +53,7 @@ def test_detected_support_agrees_with_the_kernel_cpu_flags():
     has_avx2 = {"avx2", "fma"} <= flags
     has_avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags
     has_avx512_bf16 = has_avx512 and "avx512_bf16" in flags
+    has_amx = has_avx512_bf16 and {"amx_tile", "amx_bf16"} <= flags
     assert (levels["avx2"] is None) == has_avx2
     assert (levels["avx512"] is None) == has_avx512
     assert (levels["avx512_bf16"] is None) == has_avx512_bf16
@@ -60,8 +61,12 @@ def test_detected_support_agrees_with_the_kernel_cpu_flags():
         assert "avx512f" in levels["avx512"] or "avx512" in levels["avx512"]
     if not has_avx512_bf16:  # the refusal names what is missing
         assert "avx512_bf16" in levels["avx512_bf16"] or "avx512f" in levels["avx512_bf16"]
-    best = ("avx512_bf16" if has_avx512_bf16 else "avx512" if has_avx512 else
-            "avx2" if has_avx2 else "baseline")
+    if has_amx:  # runs, unless the OS refused the tile data state (then it says so)
+        assert levels["amx"] is None or "OS refused" in levels["amx"]
+    else:
+        assert levels["amx"] is not None and "amx_tile" in levels["amx"]
+    best = ("amx" if levels["amx"] is None else "avx512_bf16" if has_avx512_bf16 else
+            "avx512" if has_avx512 else "avx2" if has_avx2 else "baseline")
     if os.environ.get("LAMBDA_KERNELS_CPU_ISA") is None:
         assert lambda_kernels.cpu_isa() == best
 
@@ -88,6 +93,25 @@ def test_unknown_and_unsupported_levels_are_refused():
                 with lambda_kernels.use_cpu_isa(level):
                     pass
     assert lambda_kernels.cpu_isa() == before
+
+
+@pytest.mark.skipif(not X86, reason="amx is an x86-64 level")
+def test_amx_refusal_names_what_is_missing():
+    """Where the CPU lacks AMX (or the OS refuses its tile state) forcing amx fails with the
+    reason, in-process and by the environment variable."""
+    why = lambda_kernels.cpu_isa_levels()["amx"]
+    if why is None:
+        pytest.skip("this CPU runs amx (run as a level by the other tests here and the harness)")
+    flags = _cpu_flags()
+    if flags and not {"amx_tile", "amx_bf16"} <= flags:
+        missing = [f for f in ("amx_tile", "amx_bf16") if f not in flags]
+        assert all(f in why for f in missing), why
+    with pytest.raises(ValueError, match=r"cannot use the 'amx' CPU kernels: .*(amx_|OS refused)"):
+        with lambda_kernels.use_cpu_isa("amx"):
+            pass
+    proc = _fresh_process("amx")
+    assert proc.returncode != 0 and "amx" in proc.stderr, proc.stderr[-2000:]
+    assert "amx_tile" in proc.stderr or "OS refused" in proc.stderr, proc.stderr[-2000:]
 
 
 def _fresh_process(env_level: str) -> subprocess.CompletedProcess:
@@ -137,17 +161,20 @@ def test_compiled_kernels_pass_the_disassembly_checks():
     assert "OK" in proc.stdout
 
 
-@pytest.mark.skipif(lambda_kernels.cpu_isa_levels().get("avx512_bf16", "absent") is not None,
-                    reason="this CPU or build lacks the avx512_bf16 level")
-def test_bf16_level_runs_other_dtypes_on_the_avx512_code():
-    """avx512_bf16 changes only bf16 inputs: fp32 outputs and gradients are bit-identical to
-    the avx512 level's (same tile, same order); bf16 ones go through the pair kernel (values:
-    tests/test_backends.py, target cpu-avx512_bf16)."""
+@pytest.mark.parametrize("bf16_level", ["avx512_bf16", "amx"])
+def test_bf16_level_runs_other_dtypes_on_the_avx512_code(bf16_level):
+    """avx512_bf16 and amx change only bf16 inputs: fp32 outputs and gradients are
+    bit-identical to the avx512 level's (same tile, same order); bf16 ones go through the pair
+    kernel or the AMX tiles (values: tests/test_backends.py, targets cpu-avx512_bf16, cpu-amx;
+    amx without AMX: tests/test_amx_emulation.py)."""
+    why = lambda_kernels.cpu_isa_levels().get(bf16_level, f"{bf16_level} not compiled in")
+    if why is not None:
+        pytest.skip(f"this CPU or build lacks the {bf16_level} level: {why}")
     g = torch.Generator().manual_seed(3)
     shapes = [(2, 3, 5, 6, 7), (2, 2, 5, 6, 7), (2, 2, 4, 6, 7), (5, 5, 5, 2)]
     q, keys, values, table = (torch.randn(*s, generator=g) for s in shapes)
     results = []
-    for level in ("avx512", "avx512_bf16"):
+    for level in ("avx512", bf16_level):
         leaves = [t.clone().requires_grad_() for t in (q, keys, values, table)]
         with lambda_kernels.use_cpu_isa(level):
             y = lambda_kernels.lambda_op(*leaves, backend="cpu")

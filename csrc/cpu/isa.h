@@ -22,6 +22,7 @@ enum class CpuIsa : int {
   kAvx512 = 2,    // x86-64: AVX-512 F/BW/VL/DQ + FMA (Skylake-X, Ice Lake, Zen 4 and later)
   kNeon = 3,      // aarch64: ASIMD (every aarch64 CPU: Graviton, Ampere, Apple silicon)
   kAvx512Bf16 = 4,  // x86-64: avx512 + AVX512_BF16 (Cooper Lake, Sapphire Rapids, Zen 4 and later)
+  kAmx = 5,         // x86-64: avx512_bf16 + AMX-TILE + AMX-BF16, OS tile permission (Sapphire Rapids+)
 };
 
 // The CPU entry points of one level. Inputs are contiguous and checked by the op wrappers
@@ -48,6 +49,7 @@ const CpuKernels& kernels_baseline();
 const CpuKernels& kernels_avx2();
 const CpuKernels& kernels_avx512();
 const CpuKernels& kernels_avx512_bf16();
+const CpuKernels& kernels_amx();
 #endif
 #if defined(__aarch64__)
 const CpuKernels& kernels_neon();

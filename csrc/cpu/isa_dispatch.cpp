@@ -12,12 +12,19 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include "isa.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace lambda_kernels {
 namespace cpu {
@@ -29,19 +36,45 @@ const char* isa_name(CpuIsa isa) {
     case CpuIsa::kAvx512: return "avx512";
     case CpuIsa::kNeon: return "neon";
     case CpuIsa::kAvx512Bf16: return "avx512_bf16";
+    case CpuIsa::kAmx: return "amx";
   }
   return "unknown";
 }
 
 std::vector<CpuIsa> compiled_isas() {
 #if defined(__x86_64__) || defined(_M_X64)
-  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16};
+  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx};
 #elif defined(__aarch64__)
   return {CpuIsa::kNeon};
 #else
 #error "lambda_kernels: the CPU kernels are built for x86-64 and aarch64"
 #endif
 }
+
+#if defined(__x86_64__) || defined(_M_X64)
+namespace {
+
+// Asks Linux once per process for the AMX tile data state (off by default: it enlarges every
+// signal frame by 8 KiB). "" when granted, else why not. Thread-safe (static initialisation).
+std::string request_amx_permission() {
+  static const std::string refusal = []() -> std::string {
+#if defined(__linux__)
+    constexpr long kArchReqXcompPerm = 0x1023;  // asm/prctl.h
+    constexpr long kXfeatureXtiledata = 18;     // XTILEDATA state component
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0) return "";
+    const int error = errno;
+    return std::string("the OS refused the AMX tile data state (arch_prctl(ARCH_REQ_XCOMP_PERM, "
+                       "XFEATURE_XTILEDATA): ") + std::strerror(error) +
+           "; Linux 5.16 or later grants it)";
+#else
+    return "the amx level requests the AMX tile state from Linux; this is not Linux";
+#endif
+  }();
+  return refusal;
+}
+
+}  // namespace
+#endif
 
 std::string isa_unsupported_reason(CpuIsa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -53,6 +86,17 @@ std::string isa_unsupported_reason(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kBaseline:
       break;
+    case CpuIsa::kAmx: {
+      const std::string below = isa_unsupported_reason(CpuIsa::kAvx512Bf16);
+      need(__builtin_cpu_supports("amx-tile"), "amx_tile");
+      need(__builtin_cpu_supports("amx-bf16"), "amx_bf16");
+      if (!below.empty() || !missing.empty()) {
+        // "this CPU lacks avx512_bf16, ..., amx_tile, amx_bf16"
+        const std::string lower = below.empty() ? "" : below.substr(std::strlen("this CPU lacks "));
+        return "this CPU lacks " + lower + (lower.empty() || missing.empty() ? "" : ", ") + missing;
+      }
+      return request_amx_permission();
+    }
     case CpuIsa::kAvx512Bf16:
       need(__builtin_cpu_supports("avx512bf16"), "avx512_bf16");
       [[fallthrough]];
@@ -79,10 +123,10 @@ namespace {
 
 CpuIsa parse_isa(const std::string& name, const char* where) {
   for (CpuIsa isa : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16,
-                     CpuIsa::kNeon})
+                     CpuIsa::kAmx, CpuIsa::kNeon})
     if (name == isa_name(isa)) return isa;
   TORCH_CHECK(false, where, ": unknown CPU instruction-set level '", name,
-              "'; choose one of baseline, avx2, avx512, avx512_bf16 (x86-64), neon (aarch64)");
+              "'; choose one of baseline, avx2, avx512, avx512_bf16, amx (x86-64), neon (aarch64)");
 }
 
 CpuIsa checked(CpuIsa isa, const char* where) {
@@ -129,6 +173,7 @@ const CpuKernels& active_kernels() {
     case CpuIsa::kAvx2: return kernels_avx2();
     case CpuIsa::kAvx512: return kernels_avx512();
     case CpuIsa::kAvx512Bf16: return kernels_avx512_bf16();
+    case CpuIsa::kAmx: return kernels_amx();
 #endif
 #if defined(__aarch64__)
     case CpuIsa::kNeon: return kernels_neon();
