@@ -93,6 +93,17 @@ void emu_launch(int64_t blocks, F body) {
               "threads of a block)");
 }
 
+// Emulates launch_partial_sum (csrc/cuda/launch_helpers.cuh).
+template <typename acc_t, typename out_t>
+void emu_partial_sum(const at::Tensor& partial, at::Tensor& out, int64_t outer, int64_t parts,
+                     int64_t inner) {
+  if (outer * inner == 0) return;
+  emu_launch(lkc::ceil_div(outer * inner, lkc::kThreads), [&] {
+    lkc::partial_sum_kernel<acc_t, out_t>(partial.data_ptr<acc_t>(), out.data_ptr<out_t>(), outer,
+                                          parts, inner);
+  });
+}
+
 template <typename scalar_t, bool kSoftmax>
 void emu_gram(const at::Tensor& A, const at::Tensor& Bm, const at::Tensor* lse, at::Tensor& out,
               int64_t batch, int64_t G, int64_t I, int64_t J, int64_t N) {
@@ -108,10 +119,7 @@ void emu_gram(const at::Tensor& A, const at::Tensor& Bm, const at::Tensor* lse, 
                                                  plan.chunk_len, plan.chunks, plan.i_tiles,
                                                  plan.j_tiles);
   });
-  emu_launch(lkc::ceil_div(batch * I * J, lkc::kThreads), [&] {
-    lkc::gram_reduce_kernel<acc_t, scalar_t>(partial.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
-                                             batch, plan.chunks, I * J);
-  });
+  emu_partial_sum<acc_t, scalar_t>(partial, out, batch, plan.chunks, I * J);
 }
 
 std::vector<at::Tensor> emu_content_lambda(at::Tensor keys, at::Tensor values) {
@@ -156,10 +164,7 @@ std::vector<at::Tensor> emu_content_lambda_backward(at::Tensor d_lam, at::Tensor
                                              partial.data_ptr<acc_t>(), U, K, V, N, plan.chunk_len,
                                              plan.chunks);
       });
-      emu_launch(lkc::ceil_div(rows, lkc::kThreads), [&] {
-        lkc::rowdot_reduce_kernel<acc_t>(partial.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(), rows,
-                                         plan.chunks);
-      });
+      emu_partial_sum<acc_t, acc_t>(partial, rowdot, rows, plan.chunks, 1);
       emu_launch(lkc::ceil_div(rows * N, lkc::kThreads), [&] {
         lkc::d_keys_kernel<scalar_t>(keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
                                      stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
@@ -249,10 +254,7 @@ std::vector<at::Tensor> emu_lambda_output_backward(at::Tensor dy, at::Tensor q, 
                                             values.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(),
                                             B, Hh, K, U, V, geo, plan.k_tiles, plan.slices);
       });
-      emu_launch(lkc::ceil_div(table, lkc::kThreads), [&] {
-        lkc::slice_reduce_kernel<acc_t, scalar_t>(partial.data_ptr<acc_t>(),
-                                                  d_pos.data_ptr<scalar_t>(), table, plan.slices);
-      });
+      emu_partial_sum<acc_t, scalar_t>(partial, d_pos, 1, plan.slices, table);
     }
     emu_gram<scalar_t, false>(q, dy, nullptr, d_lam, B, Hh, K, V, N);
   });

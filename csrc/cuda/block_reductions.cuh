@@ -5,8 +5,9 @@
 //   - the batched "Gram" reduction over positions used by the content lambda (σ·valuesᵀ) and by
 //     d_lam (q·dyᵀ):
 //         out[b, i, j] = Σ_g Σ_n A(b, g, i, n) · Bm[b, g, j, n]
-//     computed as per-block partial sums over fixed position chunks (gram_partial_kernel) and a
-//     second fixed-order reduction over the chunks (gram_reduce_kernel).
+//     computed as per-block partial sums over fixed position chunks (gram_partial_kernel), then
+//     added over the chunks in a fixed order (partial_sum_kernel);
+//   - partial_sum_kernel: the fixed-order second step of every deterministic reduction.
 //
 // Kernel headers hold device code only (no launches, no CUDA runtime headers), so the test suite
 // can also compile them as plain C++ with a thread-per-CUDA-thread emulation of blocks and
@@ -136,16 +137,20 @@ inline GramPlan gram_plan(int64_t batch, int64_t I, int64_t J, int64_t N) {
   return p;
 }
 
-// out[b, i, j] = Σ_c partial[b, c, i, j] in chunk order, cast to out_t.
+// The second step of every deterministic reduction of the CUDA kernels (the Gram reduction, the
+// rowdot of the content backward, d_pos_table): per-block partial sums on a grid fixed by the
+// shapes are added in a fixed order, one thread per output:
+//   out[o, i] = Σ_p partial[o, p, i]   for p = 0, 1, ..., parts − 1 in that order
+// partial (outer, parts, inner) in acc_t, out (outer, inner) cast to out_t.
 template <typename acc_t, typename out_t>
 __global__ void __launch_bounds__(kThreads)
-    gram_reduce_kernel(const acc_t* __restrict__ partial, out_t* __restrict__ out, int64_t batch,
-                       int64_t chunks, int64_t IJ) {
+    partial_sum_kernel(const acc_t* __restrict__ partial, out_t* __restrict__ out, int64_t outer,
+                       int64_t parts, int64_t inner) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (idx >= batch * IJ) return;
-  const int64_t b = idx / IJ, ij = idx % IJ;
+  if (idx >= outer * inner) return;
+  const int64_t o = idx / inner, i = idx % inner;
   acc_t total = acc_t(0);
-  for (int64_t c = 0; c < chunks; ++c) total += partial[(b * chunks + c) * IJ + ij];
+  for (int64_t p = 0; p < parts; ++p) total += partial[(o * parts + p) * inner + i];
   out[idx] = static_cast<out_t>(total);
 }
 

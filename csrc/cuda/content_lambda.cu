@@ -81,10 +81,7 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cuda(const at::Tensor
                   stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(), partial.data_ptr<acc_t>(), U,
                   K, V, N, chunk_len, chunks);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          rowdot_reduce_kernel<acc_t>
-              <<<grid_1d(ceil_div(rows, kThreads), "rowdot_reduce_kernel"), kThreads, 0,
-                 stream>>>(partial.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(), rows, chunks);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_partial_sum<acc_t, acc_t>(partial, rowdot, rows, chunks, 1, stream);
           const int64_t total = rows * N;
           d_keys_kernel<scalar_t>
               <<<grid_1d(ceil_div(total, kThreads), "d_keys_kernel"), kThreads, 0, stream>>>(

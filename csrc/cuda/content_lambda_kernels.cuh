@@ -97,17 +97,6 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) partial[row * chunks + c] = total;
 }
 
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    rowdot_reduce_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ rowdot,
-                         int64_t rows, int64_t chunks) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (row >= rows) return;
-  acc_t total = acc_t(0);
-  for (int64_t c = 0; c < chunks; ++c) total += partial[row * chunks + c];
-  rowdot[row] = total;
-}
-
 // dkeys[b,u,k,m] = σ (dσ − rowdot); one thread per element.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)

@@ -144,10 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_output_backwar
                   p.values.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), B, Hh, K, U, V,
                   p.geo, e_tiles, slices);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          slice_reduce_kernel<acc_t, scalar_t>
-              <<<grid_1d(ceil_div(table, kThreads), "slice_reduce_kernel"), kThreads, 0,
-                 stream>>>(partial.data_ptr<acc_t>(), d_pos.data_ptr<scalar_t>(), table, slices);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_partial_sum<acc_t, scalar_t>(partial, d_pos, 1, slices, table, stream);
         }
 
         // dΛ[b,k,v] = Σ_{h,n} q[b,h,k,n]·dy[b,h,v,n]

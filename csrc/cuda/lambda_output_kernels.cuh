@@ -350,17 +350,5 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dE[i] = Σ_s partial[s, i] in slice order.
-template <typename acc_t, typename out_t>
-__global__ void __launch_bounds__(kThreads)
-    slice_reduce_kernel(const acc_t* __restrict__ partial, out_t* __restrict__ out, int64_t numel,
-                        int64_t slices) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (idx >= numel) return;
-  acc_t total = acc_t(0);
-  for (int64_t s = 0; s < slices; ++s) total += partial[s * numel + idx];
-  out[idx] = static_cast<out_t>(total);
-}
-
 }  // namespace cuda
 }  // namespace lambda_kernels
