@@ -26,7 +26,10 @@
 namespace lambda_kernels {
 namespace cuda {
 
-constexpr int kThreads = 256;  // threads per block, a power of two (tree reductions rely on it)
+// Threads per block: a power of two (the tree reductions halve it), 8 warps; at the ≤ 80
+// registers per thread of query_tile_kernel and d_values_pos_kernel, 3 blocks (24 warps) stay
+// resident per SM.
+constexpr int kThreads = 256;
 
 // Host-side planning helpers (plain inline functions: the launchers and the CPU emulation of the
 // kernels share them, so both use the same fixed, shape-only grids).
@@ -60,7 +63,10 @@ __device__ __forceinline__ acc_t block_sum(acc_t x, acc_t* shm /* [kThreads] */)
 //   partial : (batch, chunks, I, J) acc_t, chunk c covering positions [c·chunk_len, ...)
 // One block computes a kGramTile × kGramTile tile of (i, j) for one (b, chunk), summing over g
 // and the chunk's positions in steps of kGramStep staged in shared memory.
-constexpr int kGramTile = 16;  // kGramTile² == kThreads
+constexpr int kGramTile = 16;  // kGramTile² == kThreads: one (i, j) output per thread
+// Positions staged per step = the warp size: a warp loads 32 consecutive positions of one i or j
+// (coalesced). The two staged tiles of kGramTile × (kGramStep + 1) take 4.1 KiB fp32, 8.3 KiB
+// fp64 together; the +1 column puts the 16 j a warp reads at one position on distinct banks.
 constexpr int kGramStep = 32;
 static_assert(kGramTile * kGramTile == kThreads, "gram tile must match the block size");
 
@@ -117,8 +123,11 @@ __global__ void __launch_bounds__(kThreads)
   if (i0 + ty < I && j0 + tx < J) partial[((b * chunks + c) * I + i0 + ty) * J + j0 + tx] = acc;
 }
 
-// Grid of the Gram reduction, fixed by the shapes only (never the device): enough blocks to fill
-// a GPU, position chunks that are multiples of kGramStep. blocks = batch·i_tiles·j_tiles·chunks.
+// Grid of the Gram reduction, fixed by the shapes only (never the device, so results repeat bit
+// for bit on any GPU), position chunks that are multiples of kGramStep. blocks =
+// batch·i_tiles·j_tiles·chunks. Chunks are added until the grid has ~1024 blocks (~8 per SM on a
+// 132-SM H100, ~10 on a 108-SM A100: enough to fill either), at most 64 (the partial buffer is
+// chunks × the output, and partial_sum_kernel adds `chunks` terms per output).
 struct GramPlan {
   int64_t i_tiles, j_tiles, chunks, chunk_len, blocks;
 };

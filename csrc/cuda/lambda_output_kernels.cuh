@@ -1,5 +1,8 @@
 // Device kernels of the lambda output op and its backward (math and kernel shapes: see
-// lambda_output.cu, which launches them).
+// lambda_output.cu, which launches them). They always take the logit association (coefficients
+// s and g per offset), never λp, while the CPU picks the one with fewer FLOPs per call: a
+// per-position k×v λp accumulator does not fit a block's registers, and these loops are bound by
+// gathers and instruction issue, not FLOPs (docs/design.md, "GPU formulation").
 #pragma once
 
 #include "block_reductions.cuh"
@@ -7,20 +10,37 @@
 namespace lambda_kernels {
 namespace cuda {
 
+// Tiles of query_tile_kernel and d_values_pos_kernel (a block = kTQ lanes × kOC slots = kThreads).
+// kTQ: positions per tile = the warp size, so a warp is the kTQ consecutive positions of one slot:
+// q/dy/values loads along positions coalesce and the E and Λ loads are warp-uniform broadcasts.
+constexpr int kTQ = 32;
+// kOC: offsets per step = the warps of a block, one coefficient per thread per step, so the
+// shared coefficient array is kOC × kTQ = one value per thread (1 KiB fp32, 2 KiB fp64).
+constexpr int kOC = kThreads / kTQ;
+// kDR: output channels per thread. Phase 2 reuses each coefficient read from shared memory for
+// kDR channels while the kDR accumulators stay in registers (≤ 80 per thread for fp32 and 16-bit
+// inputs by ptxas for sm_80 and sm_90, no spills: 3 resident blocks of kThreads in an SM's 64 K
+// registers); phase 1 is recomputed per channel tile, so kTD = kOC·kDR = 32 channels per block
+// covers v = 32 in one tile.
+constexpr int kDR = 4;
+constexpr int kTD = kOC * kDR;
+// kEK: k channels per d_pos_table block. Each thread keeps kEK accumulators in registers, and the
+// block's fixed-order tree needs kEK × kThreads partials in shared memory (16 KiB fp32, 32 KiB
+// fp64, inside the 48 KiB a block gets without opting in); g = Σ_v dy·values is recomputed per
+// k tile, so kEK = 16 covers the usual dim_k = 16 in one tile.
+constexpr int kEK = 16;
 
-constexpr int kTQ = 32;                // positions per tile (one warp-width of lanes)
-constexpr int kOC = kThreads / kTQ;    // offsets per chunk == thread rows (8)
-constexpr int kDR = 4;                 // output channels per thread
-constexpr int kTD = kOC * kDR;         // output channels per block (32)
-constexpr int kEK = 16;                // dE: k channels per block (registers per thread)
-
-// Slices of the dE reduction, fixed by the shapes: blocks = Rh·Rw·U·k_tiles·slices.
-struct DPosPlan {
+// Slices of the d_pos_table reduction, fixed by the shapes (never the device, so results repeat
+// bit for bit on any GPU): blocks = Rh·Rw·U·k_tiles·slices. Slices are added until the grid has
+// ~2048 blocks (~15 per SM on a 132-SM H100, 19 on a 108-SM A100: several waves of resident
+// blocks), at most 32 (the partial buffer is slices × the table, and partial_sum_kernel
+// adds `slices` terms per output).
+struct DPosTablePlan {
   int64_t k_tiles, slices, blocks;
 };
-inline DPosPlan d_pos_plan(int64_t B, int64_t Hh, int64_t N, int64_t Rh, int64_t Rw, int64_t U,
-                           int64_t K) {
-  DPosPlan p;
+inline DPosTablePlan d_pos_table_plan(int64_t B, int64_t Hh, int64_t N, int64_t Rh, int64_t Rw,
+                                      int64_t U, int64_t K) {
+  DPosTablePlan p;
   p.k_tiles = ceil_div(K, kEK);
   const int64_t base = Rh * Rw * U * p.k_tiles;
   const int64_t want = std::max<int64_t>(1, ceil_div(2048, std::max<int64_t>(1, base)));
@@ -215,7 +235,7 @@ __device__ __forceinline__ Column<scalar_t> operand_column(const scalar_t* E,
 // ---------------------------------------------------------------------------------------------
 // y and dq: one kernel, kGradQ picks which. Block = (b,h) × query tile × tile of kTD output
 // channels. The two are the same computation with the roles of (E, k) and (values, v) exchanged:
-//   y  (kGradQ = false): input q,  reduce k, out v; phase 1 s = Σ_k q·E,      phase 2 y  += s·values
+//   y  (kGradQ = false): input q,  reduce k, out v; phase 1 s = Σ_k q·E,      phase 2 y += s·values
 //   dq (kGradQ = true):  input dy, reduce v, out k; phase 1 g = Σ_v dy·values, phase 2 dq += g·E
 // plus the content part Σ_r input[r]·Λ (Λ indexed [k, v] either way).
 template <typename scalar_t, bool kGradQ>
@@ -308,14 +328,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// dE partials: block = (offset (a,c), u, k tile of kEK, slice s of S). The queries for which the
-// offset stays inside the image form a rectangle; its B·h·ny·nx items are split into S fixed
-// slices. Each thread walks its items (stride kThreads) computing g = Σ_v dy·values and
+// d_pos_table partials: block = (offset (a,c), u, k tile of kEK, slice s of S). The queries for
+// which the offset stays inside the image form a rectangle; its B·h·ny·nx items are split into S
+// fixed slices. Each thread walks its items (stride kThreads) computing g = Σ_v dy·values and
 // accumulating q[k]·g for kEK channels; a fixed-order tree over the block gives
 // partial[s, a, c, k, u].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    d_pos_partial_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ q,
+    d_pos_table_partial_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ q,
                          const scalar_t* __restrict__ values,
                          at::opmath_type<scalar_t>* __restrict__ partial, int64_t B, int64_t Hh,
                          int64_t K, int64_t U, int64_t V, Geometry geo, int64_t k_tiles,
