@@ -40,18 +40,31 @@ __device__ __forceinline__ at::opmath_type<scalar_t> load(const scalar_t* p, int
   return static_cast<at::opmath_type<scalar_t>>(p[i]);
 }
 
-// Sum of `x` over the block (blockDim.x == kThreads) in a fixed tree order; every thread gets
-// the result. Must be reached by all threads of the block (contains __syncthreads).
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t x, acc_t* shm /* [kThreads] */) {
+// Sums each of the kCount per-thread values x[j] over the block (blockDim.x == kThreads) in a
+// fixed tree order (strides kThreads/2, kThreads/4, ..., 1); afterwards shm[j][0] holds the sum
+// of x[j]. Must be reached by all threads of the block (contains __syncthreads).
+template <int kCount, typename acc_t>
+__device__ __forceinline__ void block_sum_each(const acc_t (&x)[kCount],
+                                               acc_t (&shm)[kCount][kThreads]) {
   const int tid = threadIdx.x;
-  shm[tid] = x;
+#pragma unroll
+  for (int j = 0; j < kCount; ++j) shm[j][tid] = x[j];
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) shm[tid] += shm[tid + s];
+    if (tid < s) {
+#pragma unroll
+      for (int j = 0; j < kCount; ++j) shm[j][tid] += shm[j][tid + s];
+    }
     __syncthreads();
   }
-  const acc_t total = shm[0];
+}
+
+// Sum of `x` over the block in block_sum_each's order; every thread gets the result.
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t x, acc_t (&shm)[1][kThreads]) {
+  const acc_t v[1] = {x};
+  block_sum_each(v, shm);
+  const acc_t total = shm[0][0];
   __syncthreads();  // shm may be reused right after
   return total;
 }

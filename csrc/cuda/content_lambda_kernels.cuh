@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
                           at::opmath_type<scalar_t>* __restrict__ partial, int64_t U, int64_t K,
                           int64_t V, int64_t N, int64_t chunk_len, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t shm[kThreads];
+  __shared__ acc_t shm[1][kThreads];
   const int64_t row = blockIdx.x / chunks;  // (b*U + u)*K + k
   const int64_t c = blockIdx.x % chunks;
   const int64_t k = row % K;

@@ -331,7 +331,7 @@ __global__ void __launch_bounds__(kThreads)
 // d_pos_table partials: block = (offset (a,c), u, k tile of kEK, slice s of S). The queries for
 // which the offset stays inside the image form a rectangle; its B·h·ny·nx items are split into S
 // fixed slices. Each thread walks its items (stride kThreads) computing g = Σ_v dy·values and
-// accumulating q[k]·g for kEK channels; a fixed-order tree over the block gives
+// accumulating q[k]·g for kEK channels; a fixed-order tree over the block (block_sum_each) gives
 // partial[s, a, c, k, u].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -390,16 +390,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-#pragma unroll
-  for (int j = 0; j < kEK; ++j) red[j][tid] = acc[j];
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) {
-#pragma unroll
-      for (int j = 0; j < kEK; ++j) red[j][tid] += red[j][tid + s];
-    }
-    __syncthreads();
-  }
+  block_sum_each(acc, red);
   if (tid < kEK) {
     const int64_t k = k0 + tid;
     if (k < K) partial[sl * (Rh * Rw * K * U) + (ac * K + k) * U + u] = red[tid][0];
