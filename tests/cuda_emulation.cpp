@@ -93,6 +93,17 @@ void emu_launch(int64_t blocks, F body) {
               "threads of a block)");
 }
 
+// Emulates launch_partial_sum (csrc/cuda/launch_helpers.cuh).
+template <typename acc_t, typename out_t>
+void emu_partial_sum(const at::Tensor& partial, at::Tensor& out, int64_t outer, int64_t parts,
+                     int64_t inner) {
+  if (outer * inner == 0) return;
+  emu_launch(lkc::ceil_div(outer * inner, lkc::kThreads), [&] {
+    lkc::partial_sum_kernel<acc_t, out_t>(partial.data_ptr<acc_t>(), out.data_ptr<out_t>(), outer,
+                                          parts, inner);
+  });
+}
+
 template <typename scalar_t, bool kSoftmax>
 void emu_gram(const at::Tensor& A, const at::Tensor& Bm, const at::Tensor* lse, at::Tensor& out,
               int64_t batch, int64_t G, int64_t I, int64_t J, int64_t N) {
@@ -108,10 +119,7 @@ void emu_gram(const at::Tensor& A, const at::Tensor& Bm, const at::Tensor* lse, 
                                                  plan.chunk_len, plan.chunks, plan.i_tiles,
                                                  plan.j_tiles);
   });
-  emu_launch(lkc::ceil_div(batch * I * J, lkc::kThreads), [&] {
-    lkc::gram_reduce_kernel<acc_t, scalar_t>(partial.data_ptr<acc_t>(), out.data_ptr<scalar_t>(),
-                                             batch, plan.chunks, I * J);
-  });
+  emu_partial_sum<acc_t, scalar_t>(partial, out, batch, plan.chunks, I * J);
 }
 
 std::vector<at::Tensor> emu_content_lambda(at::Tensor keys, at::Tensor values) {
@@ -120,25 +128,25 @@ std::vector<at::Tensor> emu_content_lambda(at::Tensor keys, at::Tensor values) {
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
   const int64_t N = keys.size(3) * keys.size(4);
   const auto acc = keys.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor stats = at::full({B, U, K}, std::nan(""), keys.options().dtype(acc));
+  at::Tensor lse = at::full({B, U, K}, std::nan(""), keys.options().dtype(acc));
   at::Tensor lam_c = at::full({B, K, V}, std::nan(""), keys.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, keys.scalar_type(), "emu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     if (B * U * K > 0)
       emu_launch(B * U * K, [&] {
-        lkc::softmax_stats_kernel<scalar_t>(keys.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), N);
+        lkc::softmax_lse_kernel<scalar_t>(keys.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), N);
       });
-    emu_gram<scalar_t, true>(keys, values, &stats, lam_c, B, U, K, V, N);
+    emu_gram<scalar_t, true>(keys, values, &lse, lam_c, B, U, K, V, N);
   });
-  return {lam_c, stats};
+  return {lam_c, lse};
 }
 
 std::vector<at::Tensor> emu_content_lambda_backward(at::Tensor d_lam, at::Tensor keys,
-                                                    at::Tensor values, at::Tensor stats) {
+                                                    at::Tensor values, at::Tensor lse) {
   keys = keys.contiguous();
   values = values.contiguous();
-  stats = stats.contiguous();
-  d_lam = d_lam.to(stats.scalar_type()).contiguous();
+  lse = lse.contiguous();
+  d_lam = d_lam.to(lse.scalar_type()).contiguous();
   at::Tensor d_keys = at::full_like(keys, std::nan(""));
   at::Tensor d_values = at::full_like(values, std::nan(""));
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
@@ -148,21 +156,18 @@ std::vector<at::Tensor> emu_content_lambda_backward(at::Tensor d_lam, at::Tensor
     const int64_t rows = B * U * K;
     if (rows > 0 && N > 0) {
       const lkc::RowdotPlan plan = lkc::rowdot_plan(rows, N);
-      at::Tensor partial = at::full({rows, plan.chunks}, std::nan(""), stats.options());
-      at::Tensor rowdot = at::full({rows}, std::nan(""), stats.options());
+      at::Tensor partial = at::full({rows, plan.chunks}, std::nan(""), lse.options());
+      at::Tensor rowdot = at::full({rows}, std::nan(""), lse.options());
       emu_launch(rows * plan.chunks, [&] {
         lkc::rowdot_partial_kernel<scalar_t>(keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                             stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
+                                             lse.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
                                              partial.data_ptr<acc_t>(), U, K, V, N, plan.chunk_len,
                                              plan.chunks);
       });
-      emu_launch(lkc::ceil_div(rows, lkc::kThreads), [&] {
-        lkc::rowdot_reduce_kernel<acc_t>(partial.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(), rows,
-                                         plan.chunks);
-      });
+      emu_partial_sum<acc_t, acc_t>(partial, rowdot, rows, plan.chunks, 1);
       emu_launch(lkc::ceil_div(rows * N, lkc::kThreads), [&] {
         lkc::d_keys_kernel<scalar_t>(keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                     stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
+                                     lse.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(),
                                      rowdot.data_ptr<acc_t>(), d_keys.data_ptr<scalar_t>(), U, K, V,
                                      N, rows * N);
       });
@@ -170,7 +175,7 @@ std::vector<at::Tensor> emu_content_lambda_backward(at::Tensor d_lam, at::Tensor
     const int64_t total_v = B * U * V * N;
     if (total_v > 0)
       emu_launch(lkc::ceil_div(total_v, lkc::kThreads), [&] {
-        lkc::d_values_content_kernel<scalar_t>(keys.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(),
+        lkc::d_values_content_kernel<scalar_t>(keys.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(),
                                                d_lam.data_ptr<acc_t>(),
                                                d_values.data_ptr<scalar_t>(), U, K, V, N, total_v);
       });
@@ -224,7 +229,7 @@ std::vector<at::Tensor> emu_lambda_output_backward(at::Tensor dy, at::Tensor q, 
   const int64_t N = geo.N, Rh = geo.Rh, Rw = geo.Rw;
   at::Tensor dq = at::full_like(q, std::nan(""));
   at::Tensor d_values = at::full_like(values, std::nan(""));
-  at::Tensor d_pos = at::full_like(E, std::nan(""));
+  at::Tensor d_pos_table = at::full_like(E, std::nan(""));
   at::Tensor d_lam = at::full({B, K, V}, std::nan(""), lam_in.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "emu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -242,19 +247,16 @@ std::vector<at::Tensor> emu_lambda_output_backward(at::Tensor dy, at::Tensor q, 
     });
     const int64_t table = Rh * Rw * K * U;
     if (table > 0) {
-      const lkc::DPosPlan plan = lkc::d_pos_plan(B, Hh, N, Rh, Rw, U, K);
+      const lkc::DPosTablePlan plan = lkc::d_pos_table_plan(B, Hh, N, Rh, Rw, U, K);
       at::Tensor partial = at::full({plan.slices, table}, std::nan(""), lam.options());
       emu_launch(plan.blocks, [&] {
-        lkc::d_pos_partial_kernel<scalar_t>(dy.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+        lkc::d_pos_table_partial_kernel<scalar_t>(dy.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
                                             values.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(),
                                             B, Hh, K, U, V, geo, plan.k_tiles, plan.slices);
       });
-      emu_launch(lkc::ceil_div(table, lkc::kThreads), [&] {
-        lkc::slice_reduce_kernel<acc_t, scalar_t>(partial.data_ptr<acc_t>(),
-                                                  d_pos.data_ptr<scalar_t>(), table, plan.slices);
-      });
+      emu_partial_sum<acc_t, scalar_t>(partial, d_pos_table, 1, plan.slices, table);
     }
     emu_gram<scalar_t, false>(q, dy, nullptr, d_lam, B, Hh, K, V, N);
   });
-  return {dq, d_values, d_pos, d_lam};
+  return {dq, d_values, d_pos_table, d_lam};
 }

@@ -15,7 +15,7 @@ specific to CUDA:
   kernel against the reference. It exercises the real index math, tiling, shared-memory use and
   barrier placement.
 - Everything else needs a GPU and is skipped with the cuda target's reason otherwise: agreement
-  with the Triton back end, the content-lambda op and its statistics, peak memory, empty batch.
+  with the Triton back end, the content-lambda op and its log-sum-exp, peak memory, empty batch.
 """
 from __future__ import annotations
 
@@ -99,11 +99,12 @@ def test_matches_triton(cuda_backend, shape, dtype):
 def test_content_lambda_op(cuda_backend, dtype):
     keys = torch.randn(2, 3, 5, 7, 9, device="cuda", dtype=dtype) * 3
     values = torch.randn(2, 3, 6, 7, 9, device="cuda", dtype=dtype)
-    lam_c, stats = torch.ops.lambda_kernels.content_lambda(keys, values)
+    lam_c, lse = torch.ops.lambda_kernels.content_lambda(keys, values)
     assert lam_c.dtype == dtype and lam_c.shape == (2, 5, 6)
-    assert stats.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    lse = torch.logsumexp(keys.double().flatten(3), dim=-1)
-    assert (stats.double() - lse).abs().max().item() < 1e-4 * max(1.0, lse.abs().max().item())
+    assert lse.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    want_lse = torch.logsumexp(keys.double().flatten(3), dim=-1)
+    assert ((lse.double() - want_lse).abs().max().item()
+            < 1e-4 * max(1.0, want_lse.abs().max().item()))
     ref64 = reference_content_lambda(keys.double(), values.double())
     ref_dtype = reference_content_lambda(keys, values)
     harness.assert_close_rule("lam_c", lam_c, ref64, ref_dtype, dtype)
@@ -131,13 +132,13 @@ def test_empty_batch_and_direct_op_checks(cuda_backend):
     ops = torch.ops.lambda_kernels
     keys = torch.randn(0, 2, 3, 4, 5, device="cuda")
     values = torch.randn(0, 2, 6, 4, 5, device="cuda")
-    lam_c, stats = ops.content_lambda(keys, values)
-    assert lam_c.shape == (0, 3, 6) and stats.shape == (0, 2, 3)
+    lam_c, lse = ops.content_lambda(keys, values)
+    assert lam_c.shape == (0, 3, 6) and lse.shape == (0, 2, 3)
     q = torch.randn(0, 2, 3, 4, 5, device="cuda")
     pos = torch.randn(3, 3, 3, 2, device="cuda")
-    dq, dv, dpos, dlam = ops.lambda_output_backward(torch.randn(0, 2, 6, 4, 5, device="cuda"), q,
-                                                    values, pos, lam_c)
-    assert torch.equal(dpos, torch.zeros_like(dpos))
+    dq, dv, d_pos_table, dlam = ops.lambda_output_backward(
+        torch.randn(0, 2, 6, 4, 5, device="cuda"), q, values, pos, lam_c)
+    assert torch.equal(d_pos_table, torch.zeros_like(d_pos_table))
     with pytest.raises(RuntimeError, match="odd"):
         ops.lambda_output(q, values, torch.randn(2, 3, 3, 2, device="cuda"), lam_c)
 
@@ -203,7 +204,7 @@ def test_cuda_kernels_emulated_on_cpu(emulated_kernels, case):
         t.requires_grad_(True)
     y = (torch.einsum("bhkyx,bkv->bhvyx", q, lam)
          + torch.einsum("bhkyx,bkvyx->bhvyx", q, positional_lambda(values, pos)))
-    g_q, g_values, g_pos, g_lam = torch.autograd.grad(y, [q, values, pos, lam], dy)
+    g_q, g_values, g_pos_table, g_lam = torch.autograd.grad(y, [q, values, pos, lam], dy)
     lam_c = reference_content_lambda(keys, values)
     g_keys, g_values_c = torch.autograd.grad(lam_c, [keys, values], d_lam)
     lse = torch.logsumexp(keys.detach().flatten(3), dim=-1)
@@ -213,13 +214,13 @@ def test_cuda_kernels_emulated_on_cpu(emulated_kernels, case):
 
     emu = emulated_kernels
     e_y = emu.emu_lambda_output(c(q), c(values), c(pos), c(lam))
-    e_dq, e_dv, e_dpos, e_dlam = emu.emu_lambda_output_backward(c(dy), c(q), c(values), c(pos),
-                                                                c(lam))
-    e_lam_c, e_stats = emu.emu_content_lambda(c(keys), c(values))
-    e_dk, e_dv_c = emu.emu_content_lambda_backward(c(d_lam), c(keys), c(values), e_stats)
+    e_dq, e_dv, e_d_pos_table, e_dlam = emu.emu_lambda_output_backward(c(dy), c(q), c(values),
+                                                                       c(pos), c(lam))
+    e_lam_c, e_lse = emu.emu_content_lambda(c(keys), c(values))
+    e_dk, e_dv_c = emu.emu_content_lambda_backward(c(d_lam), c(keys), c(values), e_lse)
     pairs = {"y": (e_y, y), "d_q": (e_dq, g_q), "d_values": (e_dv, g_values),
-             "d_pos_table": (e_dpos, g_pos), "d_lam": (e_dlam, g_lam), "lam_c": (e_lam_c, lam_c),
-             "stats": (e_stats, lse), "d_keys": (e_dk, g_keys),
+             "d_pos_table": (e_d_pos_table, g_pos_table), "d_lam": (e_dlam, g_lam),
+             "lam_c": (e_lam_c, lam_c), "lse": (e_lse, lse), "d_keys": (e_dk, g_keys),
              "d_values_content": (e_dv_c, g_values_c)}
     for name, (got, want) in pairs.items():
         want = want.detach()

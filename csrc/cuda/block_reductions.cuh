@@ -5,8 +5,9 @@
 //   - the batched "Gram" reduction over positions used by the content lambda (σ·valuesᵀ) and by
 //     d_lam (q·dyᵀ):
 //         out[b, i, j] = Σ_g Σ_n A(b, g, i, n) · Bm[b, g, j, n]
-//     computed as per-block partial sums over fixed position chunks (gram_partial_kernel) and a
-//     second fixed-order reduction over the chunks (gram_reduce_kernel).
+//     computed as per-block partial sums over fixed position chunks (gram_partial_kernel), then
+//     added over the chunks in a fixed order (partial_sum_kernel);
+//   - partial_sum_kernel: the fixed-order second step of every deterministic reduction.
 //
 // Kernel headers hold device code only (no launches, no CUDA runtime headers), so the test suite
 // can also compile them as plain C++ with a thread-per-CUDA-thread emulation of blocks and
@@ -25,7 +26,10 @@
 namespace lambda_kernels {
 namespace cuda {
 
-constexpr int kThreads = 256;  // threads per block, a power of two (tree reductions rely on it)
+// Threads per block: a power of two (the tree reductions halve it), 8 warps; at the ≤ 80
+// registers per thread of query_tile_kernel and d_values_pos_kernel, 3 blocks (24 warps) stay
+// resident per SM.
+constexpr int kThreads = 256;
 
 // Host-side planning helpers (plain inline functions: the launchers and the CPU emulation of the
 // kernels share them, so both use the same fixed, shape-only grids).
@@ -36,18 +40,31 @@ __device__ __forceinline__ at::opmath_type<scalar_t> load(const scalar_t* p, int
   return static_cast<at::opmath_type<scalar_t>>(p[i]);
 }
 
-// Sum of `x` over the block (blockDim.x == kThreads) in a fixed tree order; every thread gets
-// the result. Must be reached by all threads of the block (contains __syncthreads).
-template <typename acc_t>
-__device__ __forceinline__ acc_t block_sum(acc_t x, acc_t* shm /* [kThreads] */) {
+// Sums each of the kCount per-thread values x[j] over the block (blockDim.x == kThreads) in a
+// fixed tree order (strides kThreads/2, kThreads/4, ..., 1); afterwards shm[j][0] holds the sum
+// of x[j]. Must be reached by all threads of the block (contains __syncthreads).
+template <int kCount, typename acc_t>
+__device__ __forceinline__ void block_sum_each(const acc_t (&x)[kCount],
+                                               acc_t (&shm)[kCount][kThreads]) {
   const int tid = threadIdx.x;
-  shm[tid] = x;
+#pragma unroll
+  for (int j = 0; j < kCount; ++j) shm[j][tid] = x[j];
   __syncthreads();
   for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) shm[tid] += shm[tid + s];
+    if (tid < s) {
+#pragma unroll
+      for (int j = 0; j < kCount; ++j) shm[j][tid] += shm[j][tid + s];
+    }
     __syncthreads();
   }
-  const acc_t total = shm[0];
+}
+
+// Sum of `x` over the block in block_sum_each's order; every thread gets the result.
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t x, acc_t (&shm)[1][kThreads]) {
+  const acc_t v[1] = {x};
+  block_sum_each(v, shm);
+  const acc_t total = shm[0][0];
   __syncthreads();  // shm may be reused right after
   return total;
 }
@@ -59,7 +76,10 @@ __device__ __forceinline__ acc_t block_sum(acc_t x, acc_t* shm /* [kThreads] */)
 //   partial : (batch, chunks, I, J) acc_t, chunk c covering positions [c·chunk_len, ...)
 // One block computes a kGramTile × kGramTile tile of (i, j) for one (b, chunk), summing over g
 // and the chunk's positions in steps of kGramStep staged in shared memory.
-constexpr int kGramTile = 16;  // kGramTile² == kThreads
+constexpr int kGramTile = 16;  // kGramTile² == kThreads: one (i, j) output per thread
+// Positions staged per step = the warp size: a warp loads 32 consecutive positions of one i or j
+// (coalesced). The two staged tiles of kGramTile × (kGramStep + 1) take 4.1 KiB fp32, 8.3 KiB
+// fp64 together; the +1 column puts the 16 j a warp reads at one position on distinct banks.
 constexpr int kGramStep = 32;
 static_assert(kGramTile * kGramTile == kThreads, "gram tile must match the block size");
 
@@ -116,8 +136,11 @@ __global__ void __launch_bounds__(kThreads)
   if (i0 + ty < I && j0 + tx < J) partial[((b * chunks + c) * I + i0 + ty) * J + j0 + tx] = acc;
 }
 
-// Grid of the Gram reduction, fixed by the shapes only (never the device): enough blocks to fill
-// a GPU, position chunks that are multiples of kGramStep. blocks = batch·i_tiles·j_tiles·chunks.
+// Grid of the Gram reduction, fixed by the shapes only (never the device, so results repeat bit
+// for bit on any GPU), position chunks that are multiples of kGramStep. blocks =
+// batch·i_tiles·j_tiles·chunks. Chunks are added until the grid has ~1024 blocks (~8 per SM on a
+// 132-SM H100, ~10 on a 108-SM A100: enough to fill either), at most 64 (the partial buffer is
+// chunks × the output, and partial_sum_kernel adds `chunks` terms per output).
 struct GramPlan {
   int64_t i_tiles, j_tiles, chunks, chunk_len, blocks;
 };
@@ -136,16 +159,20 @@ inline GramPlan gram_plan(int64_t batch, int64_t I, int64_t J, int64_t N) {
   return p;
 }
 
-// out[b, i, j] = Σ_c partial[b, c, i, j] in chunk order, cast to out_t.
+// The second step of every deterministic reduction of the CUDA kernels (the Gram reduction, the
+// rowdot of the content backward, d_pos_table): per-block partial sums on a grid fixed by the
+// shapes are added in a fixed order, one thread per output:
+//   out[o, i] = Σ_p partial[o, p, i]   for p = 0, 1, ..., parts − 1 in that order
+// partial (outer, parts, inner) in acc_t, out (outer, inner) cast to out_t.
 template <typename acc_t, typename out_t>
 __global__ void __launch_bounds__(kThreads)
-    gram_reduce_kernel(const acc_t* __restrict__ partial, out_t* __restrict__ out, int64_t batch,
-                       int64_t chunks, int64_t IJ) {
+    partial_sum_kernel(const acc_t* __restrict__ partial, out_t* __restrict__ out, int64_t outer,
+                       int64_t parts, int64_t inner) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (idx >= batch * IJ) return;
-  const int64_t b = idx / IJ, ij = idx % IJ;
+  if (idx >= outer * inner) return;
+  const int64_t o = idx / inner, i = idx % inner;
   acc_t total = acc_t(0);
-  for (int64_t c = 0; c < chunks; ++c) total += partial[(b * chunks + c) * IJ + ij];
+  for (int64_t p = 0; p < parts; ++p) total += partial[(o * parts + p) * inner + i];
   out[idx] = static_cast<out_t>(total);
 }
 

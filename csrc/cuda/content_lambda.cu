@@ -1,6 +1,6 @@
 // Content lambda on CUDA, fused: the softmax over positions σ is never stored.
 //
-//   lse[b,u,k]  = log Σ_m exp(keys[b,u,k,m])                    (returned as `stats`)
+//   lse[b,u,k]  = log Σ_m exp(keys[b,u,k,m])                    (returned, saved for backward)
 //   σ[b,u,k,m]  = exp(keys[b,u,k,m] − lse[b,u,k])                (recomputed on the fly)
 //   λc[b,k,v]   = Σ_u Σ_m σ[b,u,k,m] · values[b,u,v,m]          (returned in the input dtype)
 // Backward, given dλc (B, k, v):
@@ -10,9 +10,10 @@
 //   dvalues[b,u,v,m] = Σ_k σ[b,u,k,m] · dλc[b,k,v]
 //
 // Same semantics as csrc/cpu/content_lambda_kernels.inc. Accumulation in at::opmath_type (float for
-// half/bfloat16/float, double for double); stats in float32 (float64 for double inputs).
+// half/bfloat16/float, double for double); lse in float32 (float64 for double inputs).
 // Every reduction is deterministic: block-level partials (SoftmaxRow merges, partial sums over
-// fixed position chunks) combined in a fixed order; no atomics.
+// fixed position chunks) combined in a fixed order; no atomics. No choice of association here:
+// that is the positional part's (lambda_output.cu says why the GPU always takes the logits).
 #include <torch/library.h>
 
 #include "launch_helpers.cuh"
@@ -32,35 +33,35 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_cuda(const at::Tensor& keys_in
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
   const int64_t N = keys.size(3) * keys.size(4);
   const auto acc_dtype = stats_dtype(keys.scalar_type());
-  at::Tensor stats = at::empty({B, U, K}, keys.options().dtype(acc_dtype));
+  at::Tensor lse = at::empty({B, U, K}, keys.options().dtype(acc_dtype));
   at::Tensor lam_c = at::empty({B, K, V}, keys.options());
-  if (B * K * V == 0 && B * U * K == 0) return {lam_c, stats};
+  if (B * K * V == 0 && B * U * K == 0) return {lam_c, lse};
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, keys.scalar_type(), "content_lambda_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         auto stream = at::cuda::getCurrentCUDAStream();
         const int64_t rows = B * U * K;
         if (rows > 0) {
-          softmax_stats_kernel<scalar_t>
-              <<<grid_1d(rows, "softmax_stats_kernel"), kThreads, 0, stream>>>(
-                  keys.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(), N);
+          softmax_lse_kernel<scalar_t>
+              <<<grid_1d(rows, "softmax_lse_kernel"), kThreads, 0, stream>>>(
+                  keys.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(), N);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
         // λc[b,k,v] = Σ_{u,m} σ[b,u,k,m]·values[b,u,v,m]: A = σ (B,U,K,N), Bm = values.
-        launch_gram<scalar_t, true>(keys, values, &stats, lam_c, B, U, K, V, N);
+        launch_gram<scalar_t, true>(keys, values, &lse, lam_c, B, U, K, V, N);
       });
-  return {lam_c, stats};
+  return {lam_c, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cuda(const at::Tensor& d_lam_in,
                                                                 const at::Tensor& keys_in,
                                                                 const at::Tensor& values_in,
-                                                                const at::Tensor& stats_in) {
+                                                                const at::Tensor& lse_in) {
   TORCH_CHECK(keys_in.is_cuda(), "content_lambda_backward (CUDA): keys must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(keys_in.device());
   const ContentBackwardInputs in =
-      prepare_content_backward(d_lam_in, keys_in, values_in, stats_in);
-  const at::Tensor &d_lam = in.d_lam, &keys = in.keys, &values = in.values, &stats = in.stats;
+      prepare_content_backward(d_lam_in, keys_in, values_in, lse_in);
+  const at::Tensor &d_lam = in.d_lam, &keys = in.keys, &values = in.values, &lse = in.stats;
   at::Tensor d_keys = at::empty_like(keys, at::MemoryFormat::Contiguous);
   at::Tensor d_values = at::empty_like(values, at::MemoryFormat::Contiguous);
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
@@ -73,23 +74,20 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cuda(const at::Tensor
         if (rows > 0 && N > 0) {
           const RowdotPlan plan = rowdot_plan(rows, N);
           const int64_t chunks = plan.chunks, chunk_len = plan.chunk_len;
-          at::Tensor partial = at::empty({rows, chunks}, stats.options());
-          at::Tensor rowdot = at::empty({rows}, stats.options());
+          at::Tensor partial = at::empty({rows, chunks}, lse.options());
+          at::Tensor rowdot = at::empty({rows}, lse.options());
           rowdot_partial_kernel<scalar_t>
               <<<grid_1d(rows * chunks, "rowdot_partial_kernel"), kThreads, 0, stream>>>(
                   keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                  stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(), partial.data_ptr<acc_t>(), U,
+                  lse.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(), partial.data_ptr<acc_t>(), U,
                   K, V, N, chunk_len, chunks);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          rowdot_reduce_kernel<acc_t>
-              <<<grid_1d(ceil_div(rows, kThreads), "rowdot_reduce_kernel"), kThreads, 0,
-                 stream>>>(partial.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(), rows, chunks);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_partial_sum<acc_t, acc_t>(partial, rowdot, rows, chunks, 1, stream);
           const int64_t total = rows * N;
           d_keys_kernel<scalar_t>
               <<<grid_1d(ceil_div(total, kThreads), "d_keys_kernel"), kThreads, 0, stream>>>(
                   keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                  stats.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(),
+                  lse.data_ptr<acc_t>(), d_lam.data_ptr<acc_t>(), rowdot.data_ptr<acc_t>(),
                   d_keys.data_ptr<scalar_t>(), U, K, V, N, total);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
@@ -97,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cuda(const at::Tensor
         if (total_v > 0) {
           d_values_content_kernel<scalar_t>
               <<<grid_1d(ceil_div(total_v, kThreads), "d_values_content_kernel"), kThreads, 0,
-                 stream>>>(keys.data_ptr<scalar_t>(), stats.data_ptr<acc_t>(),
+                 stream>>>(keys.data_ptr<scalar_t>(), lse.data_ptr<acc_t>(),
                            d_lam.data_ptr<acc_t>(), d_values.data_ptr<scalar_t>(), U, K, V, N,
                            total_v);
           C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -1,4 +1,5 @@
-// Device kernels of the content lambda (math: see content_lambda.cu, which launches them).
+// Device kernels of the content lambda (math: see content_lambda.cu, which launches them). Only
+// the positional part has two associations to choose from (lambda_output.cu).
 #pragma once
 
 #include "block_reductions.cuh"
@@ -7,7 +8,9 @@ namespace lambda_kernels {
 namespace cuda {
 
 
-// Chunks of positions for the rowdot partials, fixed by the shapes: rows · chunks blocks.
+// Chunks of positions for the rowdot partials, fixed by the shapes: rows · chunks blocks. As in
+// gram_plan: chunks until ~1024 blocks fill the GPU, at most 64 (partial buffer rows × chunks),
+// and at least kThreads positions per chunk so no thread of a block idles.
 struct RowdotPlan {
   int64_t chunks, chunk_len;
 };
@@ -23,8 +26,8 @@ inline RowdotPlan rowdot_plan(int64_t rows, int64_t N) {  // rows, N > 0
 // merged in a fixed tree order.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    softmax_stats_kernel(const scalar_t* __restrict__ keys,
-                         at::opmath_type<scalar_t>* __restrict__ lse, int64_t N) {
+    softmax_lse_kernel(const scalar_t* __restrict__ keys,
+                       at::opmath_type<scalar_t>* __restrict__ lse, int64_t N) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t s_max[kThreads];
   __shared__ acc_t s_sum[kThreads];
@@ -77,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
                           at::opmath_type<scalar_t>* __restrict__ partial, int64_t U, int64_t K,
                           int64_t V, int64_t N, int64_t chunk_len, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t shm[kThreads];
+  __shared__ acc_t shm[1][kThreads];
   const int64_t row = blockIdx.x / chunks;  // (b*U + u)*K + k
   const int64_t c = blockIdx.x % chunks;
   const int64_t k = row % K;
@@ -95,17 +98,6 @@ __global__ void __launch_bounds__(kThreads)
   }
   const acc_t total = block_sum(acc, shm);
   if (threadIdx.x == 0) partial[row * chunks + c] = total;
-}
-
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    rowdot_reduce_kernel(const acc_t* __restrict__ partial, acc_t* __restrict__ rowdot,
-                         int64_t rows, int64_t chunks) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (row >= rows) return;
-  acc_t total = acc_t(0);
-  for (int64_t c = 0; c < chunks; ++c) total += partial[row * chunks + c];
-  rowdot[row] = total;
 }
 
 // dkeys[b,u,k,m] = σ (dσ − rowdot); one thread per element.

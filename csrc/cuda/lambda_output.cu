@@ -7,24 +7,31 @@
 //   s[b,h,n,o,u]  = Σ_k q[b,h,k,n] · E[o,k,u]
 //   y[b,h,v,n]    = Σ_k q[b,h,k,n] · Λ[b,k,v] + Σ_{o,u} s[b,h,n,o,u] · values[b,u,v,n+o]
 // Backward, given dy (B,h,v,H,W):
-//   g[b,h,n,o,u]     = Σ_v dy[b,h,v,n] · values[b,u,v,n+o]
-//   dq[b,h,k,n]      = Σ_v dy[b,h,v,n] · Λ[b,k,v] + Σ_{o,u} E[o,k,u] · g[b,h,n,o,u]
-//   dvalues[b,u,v,m] = Σ_{h,o} s[b,h,m−o,o,u] · dy[b,h,v,m−o]        (positional part only)
-//   dE[o,k,u]        = Σ_{b,h,n} q[b,h,k,n] · g[b,h,n,o,u]
-//   dΛ[b,k,v]        = Σ_{h,n} q[b,h,k,n] · dy[b,h,v,n]
+//   g[b,h,n,o,u]       = Σ_v dy[b,h,v,n] · values[b,u,v,n+o]
+//   dq[b,h,k,n]        = Σ_v dy[b,h,v,n] · Λ[b,k,v] + Σ_{o,u} E[o,k,u] · g[b,h,n,o,u]
+//   dvalues[b,u,v,m]   = Σ_{h,o} s[b,h,m−o,o,u] · dy[b,h,v,m−o]        (positional part only)
+//   d_pos_table[o,k,u] = Σ_{b,h,n} q[b,h,k,n] · g[b,h,n,o,u]
+//   dΛ[b,k,v]          = Σ_{h,n} q[b,h,k,n] · dy[b,h,v,n]
+//
+// Association: always the logits (s, g above), while the CPU kernels pick per call whichever of
+// logits and λp costs fewer FLOPs (lambda_kernels/cost.py). Here a λp tile would be a k×v
+// accumulator per position, beyond a block's registers, and λp-sized scratch is forbidden by the
+// memory rule; and these kernels are bound by gathers and issue, not FLOPs, so the FLOP count
+// would not pick the faster one (docs/design.md, "GPU formulation").
 //
 // Kernel shape (y, dq, dvalues): y and dq are one kernel (query_tile_kernel, roles of (E, k) and
 // (values, v) exchanged); one block = one (b, h or u) × a tile of kTQ consecutive
 // positions × a tile of kTD output channels. The offsets that are inside the image for at least
-// one position of the tile are walked in chunks of kOC; per chunk, the block first computes the
+// one position of the tile are walked in steps of kOC; per step, the block first computes the
 // kOC × kTQ coefficients (s or g) into shared memory, one per thread, then every thread
-// accumulates its kDR output channels. Any window size works (the loop is over the window's
-// intersection with the image, never over the raw table), shared memory is a fixed 1-2 KiB.
+// accumulates its kDR output channels (offset_step, the skeleton both kernels share). Any window
+// size works (the loop is over the window's intersection with the image, never over the raw
+// table), shared memory is a fixed 1-2 KiB.
 // Global loads are coalesced along positions (consecutive threads = consecutive positions) or
 // warp-uniform broadcasts (E, Λ), so nothing else is staged in shared memory.
 //
-// dE and dΛ are deterministic: per-block partial sums on a grid fixed by the shapes, then a
-// second kernel adds the partials in a fixed order. No atomics anywhere.
+// d_pos_table and dΛ are deterministic: per-block partial sums on a grid fixed by the shapes,
+// then partial_sum_kernel adds the partials in a fixed order. No atomics anywhere.
 #include <torch/library.h>
 
 #include "launch_helpers.cuh"
@@ -99,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_output_backwar
   const int64_t Rh = p.geo.Rh, Rw = p.geo.Rw;
   at::Tensor dq = at::empty_like(p.q, at::MemoryFormat::Contiguous);
   at::Tensor d_values = at::empty_like(p.values, at::MemoryFormat::Contiguous);
-  at::Tensor d_pos = at::empty_like(p.pos_table, at::MemoryFormat::Contiguous);
+  at::Tensor d_pos_table = at::empty_like(p.pos_table, at::MemoryFormat::Contiguous);
   at::Tensor d_lam = at::empty({B, K, V}, lam_in.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -132,28 +139,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_output_backwar
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
 
-        // dE: per-block partials on a grid fixed by the shapes, then a fixed-order reduction.
+        // d_pos_table: per-block partials on a grid fixed by the shapes, then a fixed-order sum.
         const int64_t table = Rh * Rw * K * U;
         if (table > 0) {
-          const DPosPlan plan = d_pos_plan(B, Hh, N, Rh, Rw, U, K);
-          const int64_t slices = plan.slices, e_tiles = plan.k_tiles;
+          const DPosTablePlan plan = d_pos_table_plan(B, Hh, N, Rh, Rw, U, K);
+          const int64_t slices = plan.slices;
           at::Tensor partial = at::empty({slices, table}, p.lam.options());
-          d_pos_partial_kernel<scalar_t>
-              <<<grid_1d(plan.blocks, "d_pos_partial_kernel"), kThreads, 0, stream>>>(
+          d_pos_table_partial_kernel<scalar_t>
+              <<<grid_1d(plan.blocks, "d_pos_table_partial_kernel"), kThreads, 0, stream>>>(
                   dy.data_ptr<scalar_t>(), p.q.data_ptr<scalar_t>(),
                   p.values.data_ptr<scalar_t>(), partial.data_ptr<acc_t>(), B, Hh, K, U, V,
-                  p.geo, e_tiles, slices);
+                  p.geo, plan.k_tiles, slices);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
-          slice_reduce_kernel<acc_t, scalar_t>
-              <<<grid_1d(ceil_div(table, kThreads), "slice_reduce_kernel"), kThreads, 0,
-                 stream>>>(partial.data_ptr<acc_t>(), d_pos.data_ptr<scalar_t>(), table, slices);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          launch_partial_sum<acc_t, scalar_t>(partial, d_pos_table, 1, slices, table, stream);
         }
 
         // dΛ[b,k,v] = Σ_{h,n} q[b,h,k,n]·dy[b,h,v,n]
         launch_gram<scalar_t, false>(p.q, dy, nullptr, d_lam, B, Hh, K, V, N);
       });
-  return {dq, d_values, d_pos, d_lam};
+  return {dq, d_values, d_pos_table, d_lam};
 }
 
 }  // namespace

@@ -1,5 +1,8 @@
 // Device kernels of the lambda output op and its backward (math and kernel shapes: see
-// lambda_output.cu, which launches them).
+// lambda_output.cu, which launches them). They always take the logit association (coefficients
+// s and g per offset), never λp, while the CPU picks the one with fewer FLOPs per call: a
+// per-position k×v λp accumulator does not fit a block's registers, and these loops are bound by
+// gathers and instruction issue, not FLOPs (docs/design.md, "GPU formulation").
 #pragma once
 
 #include "block_reductions.cuh"
@@ -7,20 +10,37 @@
 namespace lambda_kernels {
 namespace cuda {
 
+// Tiles of query_tile_kernel and d_values_pos_kernel (a block = kTQ lanes × kOC slots = kThreads).
+// kTQ: positions per tile = the warp size, so a warp is the kTQ consecutive positions of one slot:
+// q/dy/values loads along positions coalesce and the E and Λ loads are warp-uniform broadcasts.
+constexpr int kTQ = 32;
+// kOC: offsets per step = the warps of a block, one coefficient per thread per step, so the
+// shared coefficient array is kOC × kTQ = one value per thread (1 KiB fp32, 2 KiB fp64).
+constexpr int kOC = kThreads / kTQ;
+// kDR: output channels per thread. Phase 2 reuses each coefficient read from shared memory for
+// kDR channels while the kDR accumulators stay in registers (≤ 80 per thread for fp32 and 16-bit
+// inputs by ptxas for sm_80 and sm_90, no spills: 3 resident blocks of kThreads in an SM's 64 K
+// registers); phase 1 is recomputed per channel tile, so kTD = kOC·kDR = 32 channels per block
+// covers v = 32 in one tile.
+constexpr int kDR = 4;
+constexpr int kTD = kOC * kDR;
+// kEK: k channels per d_pos_table block. Each thread keeps kEK accumulators in registers, and the
+// block's fixed-order tree needs kEK × kThreads partials in shared memory (16 KiB fp32, 32 KiB
+// fp64, inside the 48 KiB a block gets without opting in); g = Σ_v dy·values is recomputed per
+// k tile, so kEK = 16 covers the usual dim_k = 16 in one tile.
+constexpr int kEK = 16;
 
-constexpr int kTQ = 32;                // positions per tile (one warp-width of lanes)
-constexpr int kOC = kThreads / kTQ;    // offsets per chunk == thread rows (8)
-constexpr int kDR = 4;                 // output channels per thread
-constexpr int kTD = kOC * kDR;         // output channels per block (32)
-constexpr int kEK = 16;                // dE: k channels per block (registers per thread)
-
-// Slices of the dE reduction, fixed by the shapes: blocks = Rh·Rw·U·k_tiles·slices.
-struct DPosPlan {
+// Slices of the d_pos_table reduction, fixed by the shapes (never the device, so results repeat
+// bit for bit on any GPU): blocks = Rh·Rw·U·k_tiles·slices. Slices are added until the grid has
+// ~2048 blocks (~15 per SM on a 132-SM H100, 19 on a 108-SM A100: several waves of resident
+// blocks), at most 32 (the partial buffer is slices × the table, and partial_sum_kernel
+// adds `slices` terms per output).
+struct DPosTablePlan {
   int64_t k_tiles, slices, blocks;
 };
-inline DPosPlan d_pos_plan(int64_t B, int64_t Hh, int64_t N, int64_t Rh, int64_t Rw, int64_t U,
-                           int64_t K) {
-  DPosPlan p;
+inline DPosTablePlan d_pos_table_plan(int64_t B, int64_t Hh, int64_t N, int64_t Rh, int64_t Rw,
+                                      int64_t U, int64_t K) {
+  DPosTablePlan p;
   p.k_tiles = ceil_div(K, kEK);
   const int64_t base = Rh * Rw * U * p.k_tiles;
   const int64_t want = std::max<int64_t>(1, ceil_div(2048, std::max<int64_t>(1, base)));
@@ -36,17 +56,17 @@ struct Geometry {
   int64_t H, W, N, Rh, Rw;
 };
 
-// Rows/columns spanned by the positions [n0, n_last] of a tile.
+// Rows/columns spanned by the positions [p0, p_last] of a tile.
 struct TileSpan {
   int64_t y0, y1, x0, x1;
 };
-__device__ __forceinline__ TileSpan tile_span(int64_t n0, int64_t n_last, int64_t W) {
+__device__ __forceinline__ TileSpan tile_span(int64_t p0, int64_t p_last, int64_t W) {
   TileSpan t;
-  t.y0 = n0 / W;
-  t.y1 = n_last / W;
+  t.y0 = p0 / W;
+  t.y1 = p_last / W;
   if (t.y0 == t.y1) {
-    t.x0 = n0 % W;
-    t.x1 = n_last % W;
+    t.x0 = p0 % W;
+    t.x1 = p_last % W;
   } else {
     t.x0 = 0;
     t.x1 = W - 1;
@@ -55,17 +75,148 @@ __device__ __forceinline__ TileSpan tile_span(int64_t n0, int64_t n_last, int64_
 }
 
 // ---------------------------------------------------------------------------------------------
-// y and dq: one kernel, kGradQ picks which. Block = (b,h) × position tile × tile of kTD output
-// channels. Thread (lane, row): position n0 + lane; in phase 1 offset t0 + row; in phase 2
-// channels o0 + row + j·kOC, j < kDR. The two are the same computation with the roles of
-// (E, k) and (values, v) exchanged:
-//   y  (kGradQ = false): input q,  reduce k, out v; phase 1 s = Σ_k q·E,      phase 2 y  += s·values
-//   dq (kGradQ = true):  input dy, reduce v, out k; phase 1 g = Σ_v dy·values, phase 2 dq += g·E
-// plus the content part Σ_r input[r]·Λ (Λ indexed [k, v] either way).
+// The skeleton of query_tile_kernel and d_values_pos_kernel. A block owns a tile of kTQ
+// consecutive positions and a tile of kTD output channels; thread (lane, slot) = (threadIdx.x %
+// kTQ, threadIdx.x / kTQ) owns position p0 + lane and channels o0 + slot + j·kOC, j < kDR. The
+// block walks the table offsets that pair some position of the tile with a position inside the
+// image, kOC offsets per step (offset_step):
+//   phase 1: thread (lane, slot) computes the coefficient of its position and offset t0 + slot
+//            into shared memory (0 where the paired position is outside the image);
+//   phase 2: every thread adds coefficient · column to its kDR channels for each offset of the
+//            step whose paired position is inside the image.
+// With kQueryTile the tile holds query positions n, paired with context positions n + o (y, dq);
+// otherwise it holds context positions m, paired with queries m − o (dvalues).
 
-// A channel column of one operand at offset (a, c), slot u, context position m: element i is
-// p[i · stride]. Phase 1 contracts the input with one operand, phase 2 the coefficient with the
-// other: values[b,u,·,m] (stride N) or E[a,c,·,u] (stride U).
+// Block index → (outer index, position tile, channel tile), channel tile fastest.
+struct TileBlock {
+  int64_t outer, tile, channel_tile;
+};
+__device__ __forceinline__ TileBlock tile_block(int64_t tiles, int64_t channel_tiles) {
+  int64_t blk = blockIdx.x;
+  TileBlock t;
+  t.channel_tile = blk % channel_tiles;
+  blk /= channel_tiles;
+  t.tile = blk % tiles;
+  t.outer = blk / tiles;
+  return t;
+}
+
+// One walked offset: table entry (a, c) and the position it pairs with this thread's position
+// (−1 when that lies outside the image).
+struct TileOffset {
+  int64_t a, c, partner;
+};
+
+template <bool kQueryTile>
+struct PositionTile {
+  int lane, slot;
+  int64_t p;          // this thread's position
+  bool p_ok;          // p < N (the last tile may be partial)
+  int64_t py, px;     // its image coordinates (0 when !p_ok)
+  IndexRange ar, cr;  // table rows / columns reaching inside the image from some position
+  int64_t nc, n_off;  // |cr| and the offsets walked (uniform over the block: no divergent loop)
+
+  __device__ __forceinline__ PositionTile(int64_t tile, const Geometry& geo) {
+    lane = threadIdx.x % kTQ;
+    slot = threadIdx.x / kTQ;
+    const int64_t p0 = tile * kTQ;
+    p = p0 + lane;
+    p_ok = p < geo.N;
+    py = p_ok ? p / geo.W : 0;
+    px = p_ok ? p % geo.W : 0;
+    const TileSpan span = tile_span(p0, std::min<int64_t>(geo.N, p0 + kTQ) - 1, geo.W);
+    if constexpr (kQueryTile) {
+      ar = query_union(span.y0, span.y1, geo.H, geo.Rh);
+      cr = query_union(span.x0, span.x1, geo.W, geo.Rw);
+    } else {
+      ar = context_union(span.y0, span.y1, geo.H, geo.Rh);
+      cr = context_union(span.x0, span.x1, geo.W, geo.Rw);
+    }
+    nc = cr.size();
+    n_off = ar.size() * nc;
+  }
+
+  __device__ __forceinline__ TileOffset offset(int64_t t, const Geometry& geo) const {
+    TileOffset o;
+    o.a = ar.begin + t / nc;
+    o.c = cr.begin + t % nc;
+    int64_t y, x;
+    if constexpr (kQueryTile) {
+      y = context_coord(py, o.a, geo.Rh);
+      x = context_coord(px, o.c, geo.Rw);
+    } else {
+      y = query_coord(py, o.a, geo.Rh);
+      x = query_coord(px, o.c, geo.Rw);
+    }
+    o.partner = (y >= 0 && y < geo.H && x >= 0 && x < geo.W) ? y * geo.W + x : -1;
+    return o;
+  }
+};
+
+// The kDR output channels o0 + j·kOC (j < kDR, o < C) of a thread; o0 = channel_tile·kTD + slot.
+template <typename acc_t>
+struct ChannelAcc {
+  acc_t acc[kDR];
+  int64_t o0, C;
+
+  __device__ __forceinline__ ChannelAcc(int64_t channel_tile, int slot, int64_t channels)
+      : o0(channel_tile * kTD + slot), C(channels) {
+#pragma unroll
+    for (int j = 0; j < kDR; ++j) acc[j] = acc_t(0);
+  }
+  // acc[o] += s · column[o · stride]
+  template <typename T>
+  __device__ __forceinline__ void add(acc_t s, const T* column, int64_t stride) {
+#pragma unroll
+    for (int j = 0; j < kDR; ++j) {
+      const int64_t o = o0 + j * kOC;
+      if (o < C) acc[j] += s * load(column, o * stride);
+    }
+  }
+  // out[o · N + p] = acc[o]
+  template <typename scalar_t>
+  __device__ __forceinline__ void store(scalar_t* out, int64_t N, int64_t p) const {
+#pragma unroll
+    for (int j = 0; j < kDR; ++j) {
+      const int64_t o = o0 + j * kOC;
+      if (o < C) out[o * N + p] = static_cast<scalar_t>(acc[j]);
+    }
+  }
+};
+
+// One step of the walk: offsets t0 .. t0 + kOC − 1 (see above). Must be reached by all threads
+// of the block (two __syncthreads).
+//   coefficient(o) -> acc_t: phase 1 for this thread's position and offset o (partner inside);
+//   accumulate(o, s):        phase 2, adds s · (the column of offset o) to this thread's channels.
+template <bool kQueryTile, typename acc_t, typename Coefficient, typename Accumulate>
+__device__ __forceinline__ void offset_step(const PositionTile<kQueryTile>& tile,
+                                            const Geometry& geo, int64_t t0,
+                                            acc_t (&coef)[kOC][kTQ], Coefficient coefficient,
+                                            Accumulate accumulate) {
+  {
+    acc_t s = acc_t(0);
+    const int64_t t = t0 + tile.slot;
+    if (tile.p_ok && t < tile.n_off) {
+      const TileOffset o = tile.offset(t, geo);
+      if (o.partner >= 0) s = coefficient(o);
+    }
+    coef[tile.slot][tile.lane] = s;
+  }
+  __syncthreads();
+  if (tile.p_ok) {
+    for (int oi = 0; oi < kOC; ++oi) {
+      const int64_t t = t0 + oi;
+      if (t >= tile.n_off) break;
+      const TileOffset o = tile.offset(t, geo);
+      if (o.partner < 0) continue;
+      accumulate(o, coef[oi][tile.lane]);
+    }
+  }
+  __syncthreads();
+}
+
+// A channel column of one operand at offset o, slot u, context position o.partner: element i is
+// p[i · stride]: values[b,u,·,m] (stride N) or E[a,c,·,u] (stride U).
 template <typename scalar_t>
 struct Column {
   const scalar_t* p;
@@ -73,14 +224,20 @@ struct Column {
 };
 template <bool kValues, typename scalar_t>
 __device__ __forceinline__ Column<scalar_t> operand_column(const scalar_t* E,
-                                                           const scalar_t* val_b, int64_t a,
-                                                           int64_t c, int64_t u, int64_t m,
+                                                           const scalar_t* val_b,
+                                                           const TileOffset& o, int64_t u,
                                                            int64_t K, int64_t U, int64_t V,
                                                            int64_t N, int64_t Rw) {
-  if constexpr (kValues) return {val_b + u * V * N + m, N};
-  else return {E + (a * Rw + c) * K * U + u, U};
+  if constexpr (kValues) return {val_b + u * V * N + o.partner, N};
+  else return {E + (o.a * Rw + o.c) * K * U + u, U};
 }
 
+// ---------------------------------------------------------------------------------------------
+// y and dq: one kernel, kGradQ picks which. Block = (b,h) × query tile × tile of kTD output
+// channels. The two are the same computation with the roles of (E, k) and (values, v) exchanged:
+//   y  (kGradQ = false): input q,  reduce k, out v; phase 1 s = Σ_k q·E,      phase 2 y += s·values
+//   dq (kGradQ = true):  input dy, reduce v, out k; phase 1 g = Σ_v dy·values, phase 2 dq += g·E
+// plus the content part Σ_r input[r]·Λ (Λ indexed [k, v] either way).
 template <typename scalar_t, bool kGradQ>
 __global__ void __launch_bounds__(kThreads)
     query_tile_kernel(const scalar_t* __restrict__ in, const scalar_t* __restrict__ values,
@@ -90,102 +247,50 @@ __global__ void __launch_bounds__(kThreads)
                       Geometry geo, int64_t q_tiles, int64_t o_tiles) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t coef[kOC][kTQ];
-  const int64_t N = geo.N, W = geo.W, H = geo.H, Rh = geo.Rh, Rw = geo.Rw;
+  const int64_t N = geo.N;
   const int64_t C_in = kGradQ ? V : K;   // channels of the input, reduced
   const int64_t C_out = kGradQ ? K : V;  // channels of the output
   const int64_t lam_in = kGradQ ? 1 : V, lam_out = kGradQ ? V : 1;  // Λ[k, v] strides
 
-  int64_t blk = blockIdx.x;
-  const int64_t ot = blk % o_tiles;
-  blk /= o_tiles;
-  const int64_t qt = blk % q_tiles;
-  const int64_t bh = blk / q_tiles;
-  const int64_t b = bh / Hh;
-
-  const int lane = threadIdx.x % kTQ;
-  const int row = threadIdx.x / kTQ;
-  const int64_t n0 = qt * kTQ;
-  const int64_t n = n0 + lane;
-  const bool q_ok = n < N;
-  const int64_t py = q_ok ? n / W : 0, px = q_ok ? n % W : 0;
+  const TileBlock blk = tile_block(q_tiles, o_tiles);
+  const int64_t bh = blk.outer, b = bh / Hh;
+  const PositionTile</*kQueryTile=*/true> tile(blk.tile, geo);
+  const int64_t n = tile.p;
   const scalar_t* in_bh = in + bh * C_in * N;
   const scalar_t* val_b = values + b * U * V * N;
   const acc_t* lam_b = lam + b * K * V;
-  const int64_t o0 = ot * kTD + row;
 
-  acc_t acc[kDR];
-#pragma unroll
-  for (int j = 0; j < kDR; ++j) acc[j] = acc_t(0);
-  if (q_ok) {  // content part: Σ_r input[r]·Λ
-    for (int64_t r = 0; r < C_in; ++r) {
-      const acc_t x = load(in_bh, r * N + n);
-#pragma unroll
-      for (int j = 0; j < kDR; ++j) {
-        const int64_t o = o0 + j * kOC;
-        if (o < C_out) acc[j] += x * lam_b[r * lam_in + o * lam_out];
-      }
-    }
+  ChannelAcc<acc_t> acc(blk.channel_tile, tile.slot, C_out);
+  if (tile.p_ok) {  // content part: Σ_r input[r]·Λ
+    for (int64_t r = 0; r < C_in; ++r)
+      acc.add(load(in_bh, r * N + n), lam_b + r * lam_in, lam_out);
   }
-
-  const TileSpan span = tile_span(n0, std::min<int64_t>(N, n0 + kTQ) - 1, W);
-  const IndexRange ar = query_union(span.y0, span.y1, H, Rh);
-  const IndexRange cr = query_union(span.x0, span.x1, W, Rw);
-  const int64_t na = ar.end > ar.begin ? ar.end - ar.begin : 0;
-  const int64_t nc = cr.end > cr.begin ? cr.end - cr.begin : 0;
-  const int64_t n_off = na * nc;  // uniform over the block: the loops below never diverge
-
-  for (int64_t t0 = 0; t0 < n_off; t0 += kOC) {
+  for (int64_t t0 = 0; t0 < tile.n_off; t0 += kOC) {
     for (int64_t u = 0; u < U; ++u) {
-      {  // phase 1: s (or g) for (position lane, offset t0 + row)
-        acc_t s = acc_t(0);
-        const int64_t t = t0 + row;
-        if (q_ok && t < n_off) {
-          const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t cy = context_coord(py, a, Rh), cx = context_coord(px, c, Rw);
-          if (cy >= 0 && cy < H && cx >= 0 && cx < W) {
+      offset_step(
+          tile, geo, t0, coef,
+          [&](const TileOffset& o) {  // s = Σ_k q·E[o,·,u]  or  g = Σ_v dy·values[u,·,n+o]
             const Column<scalar_t> col =
-                operand_column<kGradQ>(E, val_b, a, c, u, cy * W + cx, K, U, V, N, Rw);
+                operand_column<kGradQ>(E, val_b, o, u, K, U, V, N, geo.Rw);
+            acc_t s = acc_t(0);
             for (int64_t r = 0; r < C_in; ++r)
               s += load(in_bh, r * N + n) * load(col.p, r * col.stride);
-          }
-        }
-        coef[row][lane] = s;
-      }
-      __syncthreads();
-      if (q_ok) {  // phase 2: y[v] += s · values[u, v, n + o]  or  dq[k] += g · E[o, k, u]
-        for (int oi = 0; oi < kOC; ++oi) {
-          const int64_t t = t0 + oi;
-          if (t >= n_off) break;
-          const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t cy = context_coord(py, a, Rh), cx = context_coord(px, c, Rw);
-          if (cy < 0 || cy >= H || cx < 0 || cx >= W) continue;
-          const acc_t s = coef[oi][lane];
-          const Column<scalar_t> col =
-              operand_column<!kGradQ>(E, val_b, a, c, u, cy * W + cx, K, U, V, N, Rw);
-#pragma unroll
-          for (int j = 0; j < kDR; ++j) {
-            const int64_t o = o0 + j * kOC;
-            if (o < C_out) acc[j] += s * load(col.p, o * col.stride);
-          }
-        }
-      }
-      __syncthreads();
+            return s;
+          },
+          [&](const TileOffset& o, acc_t s) {  // y += s·values[u,·,n+o]  or  dq += g·E[o,·,u]
+            const Column<scalar_t> col =
+                operand_column<!kGradQ>(E, val_b, o, u, K, U, V, N, geo.Rw);
+            acc.add(s, col.p, col.stride);
+          });
     }
   }
-
-  if (q_ok) {
-#pragma unroll
-    for (int j = 0; j < kDR; ++j) {
-      const int64_t o = o0 + j * kOC;
-      if (o < C_out) out[(bh * C_out + o) * N + n] = static_cast<scalar_t>(acc[j]);
-    }
-  }
+  if (tile.p_ok) acc.store(out + bh * C_out * N, N, n);
 }
 
 // ---------------------------------------------------------------------------------------------
 // dvalues (positional part): block = (b,u) × context-position tile × v tile. Walks heads and the
 // offsets whose query m − o lies in the image for some position of the tile. Phase 1:
-// s[b,h,m−o,o,u] per (position lane, offset t0 + row); phase 2: dvalues[v] += s · dy[b,h,v,m−o].
+// s[b,h,m−o,o,u]; phase 2: dvalues[v] += s · dy[b,h,v,m−o].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     d_values_pos_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ q,
@@ -194,92 +299,43 @@ __global__ void __launch_bounds__(kThreads)
                         int64_t m_tiles, int64_t v_tiles) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ acc_t coef[kOC][kTQ];
-  const int64_t N = geo.N, W = geo.W, H = geo.H, Rh = geo.Rh, Rw = geo.Rw;
+  const int64_t N = geo.N;
 
-  int64_t blk = blockIdx.x;
-  const int64_t vt = blk % v_tiles;
-  blk /= v_tiles;
-  const int64_t mt = blk % m_tiles;
-  const int64_t bu = blk / m_tiles;
-  const int64_t b = bu / U, u = bu % U;
+  const TileBlock blk = tile_block(m_tiles, v_tiles);
+  const int64_t bu = blk.outer, b = bu / U, u = bu % U;
+  const PositionTile</*kQueryTile=*/false> tile(blk.tile, geo);
 
-  const int lane = threadIdx.x % kTQ;
-  const int row = threadIdx.x / kTQ;
-  const int64_t m0 = mt * kTQ;
-  const int64_t m = m0 + lane;
-  const bool m_ok = m < N;
-  const int64_t my = m_ok ? m / W : 0, mx = m_ok ? m % W : 0;
-  const int64_t v0 = vt * kTD + row;
-
-  const TileSpan span = tile_span(m0, std::min<int64_t>(N, m0 + kTQ) - 1, W);
-  const IndexRange ar = context_union(span.y0, span.y1, H, Rh);
-  const IndexRange cr = context_union(span.x0, span.x1, W, Rw);
-  const int64_t na = ar.end > ar.begin ? ar.end - ar.begin : 0;
-  const int64_t nc = cr.end > cr.begin ? cr.end - cr.begin : 0;
-  const int64_t n_off = na * nc;
-
-  acc_t acc[kDR];
-#pragma unroll
-  for (int j = 0; j < kDR; ++j) acc[j] = acc_t(0);
-
+  ChannelAcc<acc_t> acc(blk.channel_tile, tile.slot, V);
   for (int64_t h = 0; h < Hh; ++h) {
     const int64_t bh = b * Hh + h;
     const scalar_t* q_bh = q + bh * K * N;
     const scalar_t* dy_bh = dy + bh * V * N;
-    for (int64_t t0 = 0; t0 < n_off; t0 += kOC) {
-      {  // phase 1
-        acc_t s = acc_t(0);
-        const int64_t t = t0 + row;
-        if (m_ok && t < n_off) {
-          const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t qy = query_coord(my, a, Rh), qx = query_coord(mx, c, Rw);
-          if (qy >= 0 && qy < H && qx >= 0 && qx < W) {
-            const int64_t nq = qy * W + qx;
-            const scalar_t* e = E + (a * Rw + c) * K * U + u;
-            for (int64_t k = 0; k < K; ++k) s += load(q_bh, k * N + nq) * load(e, k * U);
-          }
-        }
-        coef[row][lane] = s;
-      }
-      __syncthreads();
-      if (m_ok) {  // phase 2
-        for (int oi = 0; oi < kOC; ++oi) {
-          const int64_t t = t0 + oi;
-          if (t >= n_off) break;
-          const int64_t a = ar.begin + t / nc, c = cr.begin + t % nc;
-          const int64_t qy = query_coord(my, a, Rh), qx = query_coord(mx, c, Rw);
-          if (qy < 0 || qy >= H || qx < 0 || qx >= W) continue;
-          const int64_t nq = qy * W + qx;
-          const acc_t s = coef[oi][lane];
-#pragma unroll
-          for (int j = 0; j < kDR; ++j) {
-            const int64_t v = v0 + j * kOC;
-            if (v < V) acc[j] += s * load(dy_bh, v * N + nq);
-          }
-        }
-      }
-      __syncthreads();
+    for (int64_t t0 = 0; t0 < tile.n_off; t0 += kOC) {
+      offset_step(
+          tile, geo, t0, coef,
+          [&](const TileOffset& o) {  // s = Σ_k q[k, m−o]·E[o,k,u]
+            const Column<scalar_t> e =
+                operand_column</*kValues=*/false>(E, q_bh, o, u, K, U, V, N, geo.Rw);
+            acc_t s = acc_t(0);
+            for (int64_t k = 0; k < K; ++k)
+              s += load(q_bh, k * N + o.partner) * load(e.p, k * e.stride);
+            return s;
+          },
+          [&](const TileOffset& o, acc_t s) { acc.add(s, dy_bh + o.partner, N); });
     }
   }
-
-  if (m_ok) {
-#pragma unroll
-    for (int j = 0; j < kDR; ++j) {
-      const int64_t v = v0 + j * kOC;
-      if (v < V) d_values[(bu * V + v) * N + m] = static_cast<scalar_t>(acc[j]);
-    }
-  }
+  if (tile.p_ok) acc.store(d_values + bu * V * N, N, tile.p);
 }
 
 // ---------------------------------------------------------------------------------------------
-// dE partials: block = (offset (a,c), u, k tile of kEK, slice s of S). The queries for which the
-// offset stays inside the image form a rectangle; its B·h·ny·nx items are split into S fixed
-// slices. Each thread walks its items (stride kThreads) computing g = Σ_v dy·values and
-// accumulating q[k]·g for kEK channels; a fixed-order tree over the block gives
+// d_pos_table partials: block = (offset (a,c), u, k tile of kEK, slice s of S). The queries for
+// which the offset stays inside the image form a rectangle; its B·h·ny·nx items are split into S
+// fixed slices. Each thread walks its items (stride kThreads) computing g = Σ_v dy·values and
+// accumulating q[k]·g for kEK channels; a fixed-order tree over the block (block_sum_each) gives
 // partial[s, a, c, k, u].
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-    d_pos_partial_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ q,
+    d_pos_table_partial_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ q,
                          const scalar_t* __restrict__ values,
                          at::opmath_type<scalar_t>* __restrict__ partial, int64_t B, int64_t Hh,
                          int64_t K, int64_t U, int64_t V, Geometry geo, int64_t k_tiles,
@@ -334,32 +390,11 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-#pragma unroll
-  for (int j = 0; j < kEK; ++j) red[j][tid] = acc[j];
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (tid < s) {
-#pragma unroll
-      for (int j = 0; j < kEK; ++j) red[j][tid] += red[j][tid + s];
-    }
-    __syncthreads();
-  }
+  block_sum_each(acc, red);
   if (tid < kEK) {
     const int64_t k = k0 + tid;
     if (k < K) partial[sl * (Rh * Rw * K * U) + (ac * K + k) * U + u] = red[tid][0];
   }
-}
-
-// dE[i] = Σ_s partial[s, i] in slice order.
-template <typename acc_t, typename out_t>
-__global__ void __launch_bounds__(kThreads)
-    slice_reduce_kernel(const acc_t* __restrict__ partial, out_t* __restrict__ out, int64_t numel,
-                        int64_t slices) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (idx >= numel) return;
-  acc_t total = acc_t(0);
-  for (int64_t s = 0; s < slices; ++s) total += partial[s * numel + idx];
-  out[idx] = static_cast<out_t>(total);
 }
 
 }  // namespace cuda

@@ -1,6 +1,6 @@
 // Host helpers shared by the CUDA launchers of the lambda ops (csrc/cuda/*.cu): launch geometry
 // (1-D grids, flattened block counts computed in int64 and checked against the CUDA limit before
-// each launch) and the launcher of the deterministic Gram reduction of block_reductions.cuh.
+// each launch) and the launchers of the deterministic reductions of block_reductions.cuh.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,6 +28,18 @@ inline dim3 grid_1d(int64_t blocks, const char* kernel) {
   return dim3(static_cast<unsigned int>(blocks));
 }
 
+// out (outer, inner) = Σ_p partial (outer, parts, inner) in the order p = 0, 1, ...; both
+// contiguous, allocated by the caller.
+template <typename acc_t, typename out_t>
+void launch_partial_sum(const at::Tensor& partial, at::Tensor& out, int64_t outer, int64_t parts,
+                        int64_t inner, cudaStream_t stream) {
+  if (outer * inner == 0) return;
+  partial_sum_kernel<acc_t, out_t>
+      <<<grid_1d(ceil_div(outer * inner, kThreads), "partial_sum_kernel"), kThreads, 0, stream>>>(
+          partial.data_ptr<acc_t>(), out.data_ptr<out_t>(), outer, parts, inner);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 // Host side: out (batch, I, J) of dtype scalar_t (contiguous, allocated by the caller).
 // A, Bm contiguous; lse (batch, G, I) of acc type when kSoftmax, else unused.
 template <typename scalar_t, bool kSoftmax>
@@ -46,10 +58,7 @@ void launch_gram(const at::Tensor& A, const at::Tensor& Bm, const at::Tensor* ls
           kSoftmax ? lse->data_ptr<acc_t>() : nullptr, partial.data_ptr<acc_t>(), G, I, J, N,
           plan.chunk_len, chunks, plan.i_tiles, plan.j_tiles);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  gram_reduce_kernel<acc_t, scalar_t>
-      <<<grid_1d(ceil_div(batch * I * J, kThreads), "gram_reduce_kernel"), kThreads, 0,
-         stream>>>(partial.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), batch, chunks, I * J);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_partial_sum<acc_t, scalar_t>(partial, out, batch, chunks, I * J, stream);
 }
 
 }  // namespace cuda
