@@ -412,3 +412,17 @@ def test_bfloat16_autocast_matches_lambda_networks(train):
     if train:
         torch.testing.assert_close(ours.norm_q.running_mean, upstream.norm_q.running_mean,
                                    rtol=2e-2, atol=2e-2)
+
+
+def test_fx_traced_layer_follows_train_and_eval_like_its_batch_norms():
+    """A graph traced in eval mode and run in train mode normalises by batch statistics (the
+    batch norms are leaf modules of the graph, not folded at trace time), and back."""
+    layer = _layer_of_rank(2, torch.float64, r=3).eval()
+    traced = torch.fx.symbolic_trace(layer)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    twin, _ = _separate(layer)
+    torch.testing.assert_close(traced(x), twin(x), rtol=1e-10, atol=1e-10)
+    traced.train()
+    twin.train()
+    torch.testing.assert_close(traced(x), twin(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(traced.norm_v.running_var, twin.norm_v.running_var)
