@@ -7,7 +7,10 @@
 
 timm's LambdaLayer (u = 1, fused qkv projection) maps onto ours exactly:
 
-    qkv.weight (h·k + k + v, C, 1, 1)  -> to_q / to_k / to_v weights (split in that order)
+    qkv.weight (h·k + k + v, C, 1, 1)  -> to_q / to_k / to_v weights (split in that order;
+                                          our layer runs them as one matrix product on the
+                                          concatenated weights, so the projection stays one
+                                          GEMM as in timm, with eval batch norms folded in)
     qkv.bias (qkv_bias=True)           -> folded away: the key bias cancels in the softmax over
                                           positions; the q and v biases feed batch norms, where
                                           they shift running_mean (training-mode batch statistics

@@ -147,10 +147,12 @@ def test_fx_symbolic_trace_keeps_the_op_as_one_leaf(context):
     assert len(leaves) == 1
     for size in ((6, 7), (4, 5)):  # the graph is not tied to the traced size
         x = torch.randn(2, 8, *size, dtype=torch.float64)
-        torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
+        # rounding only: eager eval folds the batch norms into the projection, the graph keeps
+        # them as leaf modules (so that it follows train/eval)
+        torch.testing.assert_close(traced(x), layer(x), rtol=1e-12, atol=1e-12)
     layer_1d = LambdaLayer1d(8, dim_k=4, r=3, heads=2).eval()
     x = torch.randn(2, 8, 9)
-    torch.testing.assert_close(torch.fx.symbolic_trace(layer_1d)(x), layer_1d(x), rtol=0, atol=0)
+    torch.testing.assert_close(torch.fx.symbolic_trace(layer_1d)(x), layer_1d(x), rtol=1e-5, atol=1e-5)
 
 
 @needs_cpu

@@ -182,3 +182,42 @@ def test_lucidrains_model():
     _compare(stock, converted, torch.randn(2, 3, 6, 6, dtype=torch.float64))
     layer = lambda_networks.LambdaLayer(8, dim_k=4, r=3, heads=2)
     assert isinstance(from_lucidrains(layer, backend="reference"), LambdaLayer)
+
+
+class _ProjectionProducts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the products and convolutions an op sequence runs (and batch norms)."""
+
+    def __init__(self):
+        super().__init__()
+        self.products, self.norms = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.products += name in ("mm", "bmm", "addmm", "baddbmm", "convolution")
+        self.norms += "batch_norm" in name
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_timm_layer_keeps_one_qkv_product_and_matches_under_bf16_autocast(train):
+    """The converted layer runs timm's fused qkv projection as one product (eval: with the
+    batch norms folded into it, so no batch-norm pass), and under CPU bf16 autocast its output
+    and input gradient stay within bf16 tolerance of the stock layer's."""
+    timm_layer_class = _timm_layer_class()
+    torch.manual_seed(1)
+    stock = timm_layer_class(16, dim_head=4, num_heads=2, r=5).train(train)
+    _randomise(stock)
+    converted = from_timm(copy.deepcopy(stock))
+    x = torch.randn(2, 16, 7, 6)
+    with _ProjectionProducts() as count, torch.no_grad():
+        converted(x)
+    assert count.products == 1 and count.norms == (2 if train else 0)
+    results = []
+    for layer in (stock, converted):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(leaf)
+        y.float().square().sum().backward()
+        results.append((y.float(), leaf.grad))
+    for got, want in zip(*reversed(results)):
+        torch.testing.assert_close(got, want, rtol=0, atol=4e-2 * max(want.abs().max().item(), 1))

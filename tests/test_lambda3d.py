@@ -411,4 +411,5 @@ def test_fx_symbolic_trace_keeps_the_3d_op_as_one_leaf(context):
     assert len(leaves) == 1
     for size in ((3, 5, 6), (2, 4, 3)):
         x = torch.randn(2, 8, *size, dtype=torch.float64)
-        torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
+        # rounding only: eager eval folds the batch norms, the graph keeps them as modules
+        torch.testing.assert_close(traced(x), layer(x), rtol=1e-12, atol=1e-12)

@@ -62,9 +62,11 @@ def test_upstream_state_dict_loads_and_matches(cfg, backend, train, dtype):
     for name, param in ours.named_parameters():
         torch.testing.assert_close(param.grad, up_params[name].grad, **tol,
                                    msg=lambda m, name=name: f"{name}: {m}")
-    if train:  # batch-norm running statistics were updated identically
-        torch.testing.assert_close(ours.norm_q.running_mean, upstream.norm_q.running_mean)
-        torch.testing.assert_close(ours.norm_v.running_var, upstream.norm_v.running_var)
+    # batch-norm running statistics (and num_batches_tracked) updated identically in train,
+    # untouched in eval
+    up_buffers = dict(upstream.named_buffers())
+    for name, buffer in ours.named_buffers():
+        torch.testing.assert_close(buffer, up_buffers[name], **tol, msg=name)
 
 
 def test_alias_and_constructor_signature():
@@ -247,3 +249,180 @@ def test_layer_1d_rejects_bad_input():
         layer(torch.randn(1, 4, 6))
     with pytest.raises(ValueError, match="stride must be a positive integer"):
         LambdaLayer1d(4, dim_k=2, r=3, stride=0)
+
+
+# ------------------------------------------------------------------ fused projections, eval fold
+def _layer_of_rank(rank, dtype, **kwargs):
+    from lambda_kernels import LambdaLayer1d, LambdaLayer3d
+
+    cls = {1: LambdaLayer1d, 2: LambdaLayer, 3: LambdaLayer3d}[rank]
+    layer = cls(6, dim_k=3, heads=2, dim_out=4, dim_u=2, **kwargs).to(dtype)
+    return perturb_batch_norms(layer)
+
+
+def _separate(layer):
+    """A copy of `layer` that runs to_q / to_k / to_v and the batch norms one by one, as
+    upstream does (a forward hook on a projection turns the fused call off)."""
+    import copy
+
+    twin = copy.deepcopy(layer)
+    fired = []
+    twin.to_q.register_forward_hook(lambda module, args, output: fired.append(True))
+    return twin, fired
+
+
+def _grads_and_buffers(layer, x, dy):
+    x = x.detach().clone().requires_grad_()
+    layer.zero_grad()
+    y = layer(x)
+    y.backward(dy)
+    return ({"y": y.detach(), "x.grad": x.grad}
+            | {f"{n}.grad": p.grad for n, p in layer.named_parameters()}
+            | {n: b.clone() for n, b in layer.named_buffers()})
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_projections_match_the_separate_modules(rank, train, dtype):
+    """Outputs, the input gradient, every parameter gradient (batch-norm affine parameters
+    included: in eval they reach the output only through the folded weights) and the running
+    statistics after the step, against the layer running its five modules one by one."""
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    torch.manual_seed(rank)
+    layer = _layer_of_rank(rank, dtype, r=3).train(train)
+    twin, fired = _separate(layer)
+    x = torch.randn(2, 6, *(4, 5, 3)[:rank], dtype=dtype)
+    dy = torch.randn(2, 4, *x.shape[2:], dtype=dtype)
+    got = _grads_and_buffers(layer, x, dy)
+    want = _grads_and_buffers(twin, x, dy)
+    assert fired  # the twin did run the separate modules
+    assert set(got) == set(want)
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, **tol, msg=lambda m, n=name: f"{n}: {m}")
+    if train:  # the running statistics moved (the comparison above is not vacuous)
+        assert not torch.equal(got["norm_q.running_mean"], layer.norm_q.running_mean * 0)
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_projections_are_one_matrix_product_and_eval_runs_no_batch_norm(train):
+    layer = _layer_of_rank(2, torch.float32, r=3).train(train)
+    with _CountOps() as ops, torch.no_grad():
+        layer(torch.randn(2, 6, 4, 5))
+    products = [n for n in ops.names if n in ("mm", "bmm", "addmm", "baddbmm", "convolution")]
+    norms = [n for n in ops.names if "batch_norm" in n]
+    assert len(products) == 1, ops.names
+    assert len(norms) == (2 if train else 0), ops.names
+
+
+def test_eval_fold_follows_in_place_updates_load_state_dict_and_to():
+    """The fold is recomputed from the current parameters and statistics on every call."""
+    layer = _layer_of_rank(2, torch.float32, r=3).eval()
+    x = torch.randn(2, 6, 4, 5)
+    before = layer(x)
+    with torch.no_grad():
+        layer.norm_v.running_var.mul_(3.0)
+        layer.norm_q.weight.add_(0.25)
+        layer.to_k.weight.mul_(-1.0)
+    twin, _ = _separate(layer)
+    after = layer(x)
+    assert not torch.allclose(after, before, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(after, twin(x), rtol=2e-5, atol=2e-5)
+    other = _layer_of_rank(2, torch.float32, r=3).eval()
+    layer.load_state_dict(other.state_dict())
+    torch.testing.assert_close(layer(x), other(x), rtol=0, atol=0)
+    layer.double()
+    twin, _ = _separate(layer)
+    y64 = layer(x.double())
+    assert y64.dtype == torch.float64
+    torch.testing.assert_close(y64, twin(x.double()), rtol=1e-10, atol=1e-10)
+
+
+def test_eval_fold_handles_a_batch_norm_without_affine_or_in_train_mode_alone():
+    """norm_q without affine parameters folds; norm_v left in train mode (the layer in eval)
+    runs as its module, normalising by batch statistics and updating its running ones."""
+    layer = LambdaLayer(6, dim_k=3, r=3, heads=2, dim_out=4, dim_u=2)
+    layer.norm_q = torch.nn.BatchNorm2d(6, affine=False)
+    perturb_batch_norms_stats(layer.norm_q)
+    perturb_batch_norms_stats(layer.norm_v)
+    layer.eval()
+    layer.norm_v.train()
+    twin, fired = _separate(layer)
+    x = torch.randn(2, 6, 4, 5)
+    torch.testing.assert_close(layer(x), twin(x), rtol=2e-5, atol=2e-5)
+    assert fired
+    torch.testing.assert_close(layer.norm_v.running_var, twin.norm_v.running_var)
+    assert layer.norm_v.num_batches_tracked.item() == 1
+
+
+def perturb_batch_norms_stats(bn):
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+
+
+def test_hooks_on_a_projection_still_fire_and_a_replaced_projection_runs():
+    layer = _layer_of_rank(2, torch.float32, r=3).eval()
+    x = torch.randn(2, 6, 4, 5)
+    expected = layer(x)
+    seen = []
+    handle = layer.to_v.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    torch.testing.assert_close(layer(x), expected, rtol=2e-5, atol=2e-5)
+    assert seen == [(2, 4, 4, 5)]
+    handle.remove()
+    bias_free = layer.to_k
+    layer.to_k = torch.nn.Conv2d(6, 6, 1, bias=True)  # not a bias-free projection: runs as is
+    with torch.no_grad():
+        layer.to_k.weight.copy_(bias_free.weight)
+        layer.to_k.bias.fill_(0.0)
+    torch.testing.assert_close(layer(x), expected, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_bfloat16_autocast_matches_lambda_networks(train):
+    """Under CPU bf16 autocast (one bf16 GEMM with the folded weights in eval) against
+    lambda-networks under the same autocast, outputs and gradients at bf16 tolerance."""
+    cfg = dict(dim=16, dim_k=4, r=5, heads=2, dim_out=8, dim_u=1)
+    torch.manual_seed(3)
+    upstream = perturb_batch_norms(lambda_networks.LambdaLayer(**cfg)).train(train)
+    ours = LambdaLayer(**cfg).train(train)
+    ours.load_state_dict(upstream.state_dict(), strict=True)
+    x = torch.randn(2, 16, 7, 6)
+    results = []
+    for layer in (upstream, ours):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(leaf)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        results.append([y.float(), leaf.grad] + [p.grad for p in layer.parameters()])
+    for got, want in zip(results[1], results[0]):
+        scale = want.abs().max().item()
+        torch.testing.assert_close(got, want, rtol=0, atol=4e-2 * max(scale, 1.0))
+    if train:
+        torch.testing.assert_close(ours.norm_q.running_mean, upstream.norm_q.running_mean,
+                                   rtol=2e-2, atol=2e-2)
+
+
+def test_fx_traced_layer_follows_train_and_eval_like_its_batch_norms():
+    """A graph traced in eval mode and run in train mode normalises by batch statistics (the
+    batch norms are leaf modules of the graph, not folded at trace time), and back."""
+    layer = _layer_of_rank(2, torch.float64, r=3).eval()
+    traced = torch.fx.symbolic_trace(layer)
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float64)
+    twin, _ = _separate(layer)
+    torch.testing.assert_close(traced(x), twin(x), rtol=1e-10, atol=1e-10)
+    traced.train()
+    twin.train()
+    torch.testing.assert_close(traced(x), twin(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(traced.norm_v.running_var, twin.norm_v.running_var)

@@ -1,0 +1,114 @@
+"""Times timm's lambda_resnet26t as shipped against the same model after
+`lambda_kernels.convert.from_timm` (same weights), and optionally the converted model with its
+projections run one by one (`--separate`; a forward hook on each layer's to_q turns the fused
+projection off, as the library honours hooks): inference and a training step (forward,
+cross-entropy, backward, SGD step), in fp32 and under torch.autocast("cpu", bfloat16).
+
+The models run interleaved repeat by repeat (stock, converted, [separate], stock, ...), so the
+per-pair ratios hold when a shared machine's speed drifts; prints medians, the median per-pair
+ratio stock ÷ converted and its spread, and the load average before and after each cell.
+
+    python benchmarks/timm_model_comparison.py --batch 8 --image-size 256 --threads 2 --repeats 5
+"""
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+import lambda_kernels  # noqa: E402
+from lambda_kernels.convert import from_timm  # noqa: E402
+
+
+def _models(name, separate):
+    import timm
+
+    torch.manual_seed(0)
+    stock = timm.create_model(name, num_classes=1000)
+    models = {"stock": stock, "converted": from_timm(copy.deepcopy(stock))}
+    if separate:
+        twin = copy.deepcopy(models["converted"])
+        for module in twin.modules():
+            if isinstance(module, lambda_kernels.LambdaLayer):
+                module.to_q.register_forward_hook(lambda m, args, out: None)
+        models["separate"] = twin
+    return models
+
+
+def _runner(model, task, bf16, batch, size):
+    x = torch.randn(batch, 3, size, size)
+    target = torch.randint(0, 1000, (batch,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    model.train(task == "train step")
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if task == "inference":
+                with torch.inference_mode():
+                    model(x)
+                return
+            loss = torch.nn.functional.cross_entropy(model(x).float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="lambda_resnet26t")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--separate", action="store_true",
+                        help="also the converted model with its projections one by one")
+    parser.add_argument("--cells", default="inference fp32,train step fp32,inference bf16,"
+                        "train step bf16")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import timm
+
+    print(f"{platform.node()} {platform.processor() or platform.machine()}; torch "
+          f"{torch.__version__}, timm {timm.__version__}, lambda_kernels from "
+          f"{lambda_kernels.__file__}; {args.model} B={args.batch} {args.image_size}px, "
+          f"{args.threads} threads, {args.repeats} interleaved repeats after 1 warm-up")
+    models = _models(args.model, args.separate)
+    header = "| cell | " + " | ".join(f"{n} ms" for n in models) + " | stock ÷ converted " \
+             "(median, min–max)" + (" | separate ÷ converted" if args.separate else "") + \
+             " | load avg before → after |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for cell in args.cells.split(","):
+        task, precision = cell.rsplit(" ", 1)
+        load_before = os.getloadavg()[0]
+        runners = {n: _runner(m, task, precision == "bf16", args.batch, args.image_size)
+                   for n, m in models.items()}
+        for run in runners.values():
+            run()  # warm-up
+        times = {n: [] for n in runners}
+        for _ in range(args.repeats):
+            for n, run in runners.items():
+                start = time.perf_counter()
+                run()
+                times[n].append(time.perf_counter() - start)
+        conv = times["converted"]
+        ratio = [a / b for a, b in zip(times["stock"], conv)]
+        row = f"| {cell} | " + " | ".join(f"{statistics.median(t) * 1e3:.0f}"
+                                          for t in times.values())
+        row += f" | {statistics.median(ratio):.3f} ({min(ratio):.2f}–{max(ratio):.2f})"
+        if args.separate:
+            sep = [a / b for a, b in zip(times["separate"], conv)]
+            row += f" | {statistics.median(sep):.3f} ({min(sep):.2f}–{max(sep):.2f})"
+        row += f" | {load_before:.1f} → {os.getloadavg()[0]:.1f} |"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
