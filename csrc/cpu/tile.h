@@ -32,12 +32,12 @@ struct Reduction {
   int64_t count[3];
 };
 
-// Where C lives: vector (i, j) at ptr + i·row + j·col.
+// Where C lives: vector (i, j) at ptr + i·row_stride + j·col_stride.
 template <typename T>
 struct Accumulator {
   T* ptr;
-  int64_t row;
-  int64_t col;
+  int64_t row_stride;
+  int64_t col_stride;
 };
 
 template <Load L, typename T>
@@ -74,7 +74,8 @@ template <typename T, int MA, int MB, Load LA, Load LB, bool kAccumulate>
 void tile_kernel(const TileRun<T> run) {
   using V = vec_t<T>;
   const int64_t n0 = run.r.count[0], n1 = run.r.count[1], n2 = run.r.count[2];
-  const int64_t a_lane = run.a.lane, b_lane = run.b.lane, c_row = run.c.row, c_col = run.c.col;
+  const int64_t a_lane = run.a.lane, b_lane = run.b.lane;
+  const int64_t c_row = run.c.row_stride, c_col = run.c.col_stride;
   const int64_t a_step0 = run.a.step[0], a_step1 = run.a.step[1], a_step2 = run.a.step[2];
   const int64_t b_step0 = run.b.step[0], b_step1 = run.b.step[1], b_step2 = run.b.step[2];
   for (int64_t tile = 0; tile < run.tiles; ++tile) {
@@ -139,7 +140,8 @@ void tile_gemm(int64_t rows, int64_t cols, const Accumulator<T>& c, bool accumul
   if (r.count[0] <= 0 || r.count[1] <= 0 || r.count[2] <= 0) {
     if (!accumulate) {  // an empty sum
       for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) vstore(c.ptr + i * c.row + j * c.col, vec_t<T>{});
+        for (int64_t j = 0; j < cols; ++j)
+          vstore(c.ptr + i * c.row_stride + j * c.col_stride, vec_t<T>{});
     }
     return;
   }
@@ -147,12 +149,12 @@ void tile_gemm(int64_t rows, int64_t cols, const Accumulator<T>& c, bool accumul
   const int64_t full_columns = cols / kTileCols, tail_columns = cols % kTileCols;
   for (int64_t i0 = 0; i0 < rows; i0 += kTileRows) {
     const int64_t ma = std::min<int64_t>(kTileRows, rows - i0);
-    TileRun<T> run{{c.ptr + i0 * c.row, c.row, c.col}, a, b, r, full_columns,
-                   kTileCols * c.col, 0, kTileCols * b.lane};
+    TileRun<T> run{{c.ptr + i0 * c.row_stride, c.row_stride, c.col_stride}, a, b, r,
+                   full_columns, kTileCols * c.col_stride, 0, kTileCols * b.lane};
     run.a.ptr = a.ptr + i0 * a.lane;
     if (full_columns > 0) kernels[ma - 1][kTileCols - 1](run);
     if (tail_columns > 0) {
-      run.c.ptr += full_columns * kTileCols * c.col;
+      run.c.ptr += full_columns * kTileCols * c.col_stride;
       run.b.ptr += full_columns * kTileCols * b.lane;
       run.tiles = 1;
       kernels[ma - 1][tail_columns - 1](run);

@@ -109,7 +109,8 @@ void pair_tile_kernel(const PairTileRun<C> run) {
   const int64_t n0 = run.r.count[0], n1 = run.r.count[1], n2 = run.r.count[2];
   const int64_t pairs = n2 / 2;
   const bool odd = (n2 & 1) != 0;
-  const int64_t a_lane = run.a.lane, b_lane = run.b.lane, c_row = run.c.row, c_col = run.c.col;
+  const int64_t a_lane = run.a.lane, b_lane = run.b.lane;
+  const int64_t c_row = run.c.row_stride, c_col = run.c.col_stride;
   const int64_t a_step0 = run.a.step[0], a_step1 = run.a.step[1], a_step2 = run.a.step[2];
   const int64_t b_step0 = run.b.step[0], b_step1 = run.b.step[1], b_step2 = run.b.step[2];
   constexpr bool kAdjacentA = LA == Load::kBroadcast && kAdjacent;
@@ -168,7 +169,8 @@ void pair_tile_kernel(const PairTileRun<C> run) {
   }
 }
 
-// Tile columns per operand kind (register budget above).
+// Tile columns per operand kind (register budget above). Four rows, as on the fp32 avx512
+// level: the heads (4 in LambdaResNets) or the output rows of pass 2 (kTileRows of them).
 template <Load LA, Load LB, bool kAdjacent>
 constexpr int kPairTileCols = (LB == Load::kBroadcast && kAdjacent) ? 6
                               : (LA == Load::kBroadcast && !kAdjacent) ? 4 : 5;
@@ -201,12 +203,12 @@ void pair_tile_gemm_with(int64_t rows, int64_t cols, const Accumulator<C>& c,
   const int64_t full_columns = cols / kCols, tail_columns = cols % kCols;
   for (int64_t i0 = 0; i0 < rows; i0 += kPairTileRows) {
     const int64_t ma = std::min<int64_t>(kPairTileRows, rows - i0);
-    PairTileRun<C> run{{c.ptr + i0 * c.row, c.row, c.col}, a, b, r, full_columns,
-                       kCols * c.col, 0, kCols * b.lane};
+    PairTileRun<C> run{{c.ptr + i0 * c.row_stride, c.row_stride, c.col_stride}, a, b, r,
+                       full_columns, kCols * c.col_stride, 0, kCols * b.lane};
     run.a.ptr = a.ptr + i0 * a.lane;
     if (full_columns > 0) kernels[ma - 1][kCols - 1](run);
     if (tail_columns > 0) {
-      run.c.ptr += full_columns * kCols * c.col;
+      run.c.ptr += full_columns * kCols * c.col_stride;
       run.b.ptr += full_columns * kCols * b.lane;
       run.tiles = 1;
       kernels[ma - 1][tail_columns - 1](run);
@@ -237,8 +239,8 @@ void tile_gemm(int64_t rows, int64_t cols, const Accumulator<C>& c, bool accumul
   if (r.count[0] <= 0 || r.count[1] <= 0 || r.count[2] <= 0) {
     if (!accumulate) {  // an empty sum
       for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) store_accumulator(c.ptr + i * c.row + j * c.col,
-                                                             _mm512_setzero_ps());
+        for (int64_t j = 0; j < cols; ++j)
+          store_accumulator(c.ptr + i * c.row_stride + j * c.col_stride, _mm512_setzero_ps());
     }
     return;
   }
