@@ -319,8 +319,8 @@ void tile_gemm(int64_t rows, int64_t cols, const Accumulator<C>& c, bool accumul
     if constexpr (std::is_same_v<C, bf16>)
       TORCH_CHECK(!accumulate, "lambda_kernels: bf16 tile outputs are written, not accumulated");
     if constexpr (LA == Load::kVector)
-      amx_broadcast_gemm<C>(rows, cols, c.row, c.col, c, accumulate, a, b, r);
+      amx_broadcast_gemm<C>(rows, cols, c.row_stride, c.col_stride, c, accumulate, a, b, r);
     else
-      amx_broadcast_gemm<C>(cols, rows, c.col, c.row, c, accumulate, b, a, r);
+      amx_broadcast_gemm<C>(cols, rows, c.col_stride, c.row_stride, c, accumulate, b, a, r);
   }
 }

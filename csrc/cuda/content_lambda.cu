@@ -32,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_cuda(const at::Tensor& keys_in
   const at::Tensor values = values_in.contiguous();
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);
   const int64_t N = keys.size(3) * keys.size(4);
-  const auto acc_dtype = stats_dtype(keys.scalar_type());
+  const auto acc_dtype = accumulation_dtype(keys.scalar_type());
   at::Tensor lse = at::empty({B, U, K}, keys.options().dtype(acc_dtype));
   at::Tensor lam_c = at::empty({B, K, V}, keys.options());
   if (B * K * V == 0 && B * U * K == 0) return {lam_c, lse};
@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor> content_lambda_backward_cuda(const at::Tensor
   const c10::cuda::CUDAGuard guard(keys_in.device());
   const ContentBackwardInputs in =
       prepare_content_backward(d_lam_in, keys_in, values_in, lse_in);
-  const at::Tensor &d_lam = in.d_lam, &keys = in.keys, &values = in.values, &lse = in.stats;
+  const at::Tensor &d_lam = in.d_lam, &keys = in.keys, &values = in.values, &lse = in.lse;
   at::Tensor d_keys = at::empty_like(keys, at::MemoryFormat::Contiguous);
   at::Tensor d_values = at::empty_like(values, at::MemoryFormat::Contiguous);
   const int64_t B = keys.size(0), U = keys.size(1), K = keys.size(2), V = values.size(2);

@@ -53,7 +53,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& values, const at::Tensor
   p.q = q.contiguous();
   p.values = values.contiguous();
   p.pos_table = pos_table.contiguous();
-  p.lam = lam.to(stats_dtype(lam.scalar_type())).contiguous();  // Λ in the accumulation type
+  p.lam = lam.to(accumulation_dtype(lam.scalar_type())).contiguous();  // Λ in the accumulation type
   p.B = q.size(0);
   p.Hh = q.size(1);
   p.K = q.size(2);
