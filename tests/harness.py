@@ -493,3 +493,30 @@ def peak_memory_increase(op_name: str, q_shape, keys_shape, values_shape, table_
                          capture_output=True, text=True, check=True, timeout=300)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["first"], result["steady"]
+
+
+def compile_emulation(name: str, source_path: str, functions, build_directory: str,
+                      extra_cflags=("-O1", "-w")):
+    """Compile a C++ emulation of kernels that need hardware this machine may lack (a GPU, AMX
+    tiles) with torch.utils.cpp_extension.load_inline, csrc/ on the include path; skips the
+    calling test where no C++ compiler or ninja exists."""
+    import os
+    import shutil
+
+    import pytest
+    from torch.utils import cpp_extension
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("no C++ compiler")
+    try:
+        cpp_extension.verify_ninja_availability()
+    except RuntimeError:
+        pytest.skip("ninja is not installed (needed to compile the emulation)")
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    if not os.path.isdir(csrc):
+        pytest.skip("csrc/ not available (tests run outside a source checkout)")
+    with open(source_path) as f:
+        source = f.read()
+    return cpp_extension.load_inline(
+        name, cpp_sources=[source], functions=list(functions), extra_include_paths=[csrc],
+        extra_cflags=list(extra_cflags), build_directory=build_directory, verbose=False)

@@ -16,7 +16,6 @@ on a CPU with AMX, the real level is also run by tests/test_backends.py (target 
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
@@ -44,24 +43,13 @@ def _avx512_bf16_reason():
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    from torch.utils import cpp_extension
-
     reason = _avx512_bf16_reason()
     if reason is not None:
         pytest.skip(f"the emulated amx level runs the avx512_bf16 code: {reason}")
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler")
-    try:
-        cpp_extension.verify_ninja_availability()
-    except RuntimeError:
-        pytest.skip("ninja is not installed (needed to compile the emulation)")
-    with open(EMULATION_SOURCE) as f:
-        source = f.read()
-    return cpp_extension.load_inline(
-        "lambda_kernels_amx_emulation", cpp_sources=[source], functions=list(_EMULATED),
-        extra_include_paths=[os.path.join(ROOT, "csrc")],
-        extra_cflags=["-O1", "-fopenmp", "-ffp-contract=fast", "-w"],
-        build_directory=str(tmp_path_factory.mktemp("amx_emulation")), verbose=False)
+    return harness.compile_emulation(
+        "lambda_kernels_amx_emulation", EMULATION_SOURCE, _EMULATED,
+        str(tmp_path_factory.mktemp("amx_emulation")),
+        extra_cflags=("-O1", "-fopenmp", "-ffp-contract=fast", "-w"))
 
 
 # (B, heads, k, u, v, H, W, Rh, Rw): forward / backward association in the note

@@ -20,7 +20,6 @@ specific to CUDA:
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
@@ -152,23 +151,8 @@ _EMULATED = ("emu_content_lambda", "emu_content_lambda_backward", "emu_lambda_ou
 
 @pytest.fixture(scope="module")
 def emulated_kernels(tmp_path_factory):
-    from torch.utils import cpp_extension
-
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler")
-    try:
-        cpp_extension.verify_ninja_availability()
-    except RuntimeError:
-        pytest.skip("ninja is not installed (needed to compile the emulation)")
-    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
-    if not os.path.isfile(os.path.join(csrc, "cuda", "lambda_output_kernels.cuh")):
-        pytest.skip("csrc/ not available")
-    with open(EMULATION_SOURCE) as f:
-        source = f.read()
-    return cpp_extension.load_inline(
-        "lambda_kernels_cuda_emulation", cpp_sources=[source], functions=list(_EMULATED),
-        extra_include_paths=[csrc], extra_cflags=["-O1", "-w"],
-        build_directory=str(tmp_path_factory.mktemp("cuda_emulation")), verbose=False)
+    return harness.compile_emulation("lambda_kernels_cuda_emulation", EMULATION_SOURCE, _EMULATED,
+                                     str(tmp_path_factory.mktemp("cuda_emulation")))
 
 
 # (B, heads, k, u, v, H, W, Rh, Rw, dtype)
