@@ -520,3 +520,15 @@ def compile_emulation(name: str, source_path: str, functions, build_directory: s
     return cpp_extension.load_inline(
         name, cpp_sources=[source], functions=list(functions), extra_include_paths=[csrc],
         extra_cflags=list(extra_cflags), build_directory=build_directory, verbose=False)
+
+
+def assert_compiled_matches_eager(layer, compiled, x, backend):
+    """A compiled twin of `layer` ran the same back end and gives the eager output and input
+    gradient (of sum(y²)) up to the compilers' reassociation."""
+    y_eager = layer(x)
+    y_compiled = compiled(x)
+    assert compiled.last_backend == backend == layer.last_backend
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
+    (g_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
+    (g_compiled,) = torch.autograd.grad(y_compiled.square().sum(), x)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-4)

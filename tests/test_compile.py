@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lambda_kernels
-from harness import make_inputs
+from harness import assert_compiled_matches_eager, make_inputs
 from lambda_kernels import LambdaLayer, LambdaLayer1d, lambda_op
 from lambda_kernels.functional import ENV_BACKEND
 
@@ -52,13 +52,7 @@ def test_compiled_layer_fullgraph_inductor_matches_eager(name, backend):
     assert _graph_breaks(copy.deepcopy(layer), x) == 0
     # A twin, so the batch-norm running statistics each run updates are its own.
     compiled = torch.compile(copy.deepcopy(layer), fullgraph=True)
-    y_eager = layer(x)
-    y_compiled = compiled(x)
-    assert compiled.last_backend == backend == layer.last_backend
-    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
-    (g_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
-    (g_compiled,) = torch.autograd.grad(y_compiled.square().sum(), x)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-4)
+    assert_compiled_matches_eager(layer, compiled, x, backend)
 
 
 def test_compiled_layer_honours_the_environment_variable(monkeypatch):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import lambda_kernels
 from harness import (QUICK_SHAPES3D, SHAPES3D, TARGETS, Shape3d, Target,
+                     assert_compiled_matches_eager,
                      check3d_against_reference, check3d_second_order_against_reference,
                      make_inputs, outputs_and_grads, peak_memory_increase,
                      perturb_batch_norms,
@@ -360,13 +361,7 @@ def test_compiled_layer_fullgraph_matches_eager(backend):
     torch._dynamo.reset()
     compiled = torch.compile(copy.deepcopy(layer), fullgraph=True,
                              backend="inductor" if backend != "reference" else "aot_eager")
-    y_eager = layer(x)
-    y_compiled = compiled(x)
-    assert compiled.last_backend == backend == layer.last_backend
-    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
-    (g_eager,) = torch.autograd.grad(y_eager.square().sum(), x)
-    (g_compiled,) = torch.autograd.grad(y_compiled.square().sum(), x)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-4)
+    assert_compiled_matches_eager(layer, compiled, x, backend)
 
 
 # ------------------------------------------------------------------------------ memory rule
