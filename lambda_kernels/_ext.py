@@ -89,6 +89,17 @@ def load() -> str | None:
         return reason
 
 
+# (op, dispatch key) pairs found to have a kernel: a registered kernel stays registered, so a
+# yes is asked of the dispatcher once (back-end selection asks on every call of the layer).
+_kernels_found: set[tuple[str, str]] = set()
+
+
 def has_kernel(op_name: str, dispatch_key: str) -> bool:
     """Whether torch.ops.lambda_kernels.<op_name> has a kernel for `dispatch_key` (e.g. "CUDA")."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"lambda_kernels::{op_name}", dispatch_key)
+    if (op_name, dispatch_key) in _kernels_found:
+        return True
+    found = torch._C._dispatch_has_kernel_for_dispatch_key(f"lambda_kernels::{op_name}",
+                                                           dispatch_key)
+    if found:
+        _kernels_found.add((op_name, dispatch_key))
+    return found

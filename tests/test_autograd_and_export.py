@@ -108,6 +108,34 @@ def test_layer_jvp_hvp_and_forward_ad_equal_the_reference(context):
 
 
 @needs_cpu
+def test_op_on_plain_tensors_under_func_transforms_and_no_grad():
+    """lambda_op skips the autograd.Function when nothing needs derivatives; inputs that do not
+    require grad must still get their tangents under torch.func.jvp, batching under vmap, and
+    their gradients under torch.func.grad (the transforms, not requires_grad, ask for them)."""
+    from lambda_kernels import lambda_op
+
+    args = make_inputs(seed=3)
+    tangents = make_inputs(seed=4)
+    fused = lambda *a: lambda_op(*a, backend="cpu")  # noqa: E731
+    reference = lambda *a: lambda_op(*a, backend="reference")  # noqa: E731
+    jvps = [torch.func.jvp(fn, args, tangents)[1] for fn in (fused, reference)]
+    assert jvps[1].norm() > 0 and _rel(*jvps) < 1e-10
+    grads = [torch.func.grad(lambda q, fn=fn: fn(q, *args[1:]).square().sum())(args[0])
+             for fn in (fused, reference)]
+    assert grads[1].norm() > 0 and _rel(*grads) < 1e-10
+    stacked = [torch.stack([a, a * 0.5 + 0.1]) for a in args]
+    mapped = torch.func.vmap(fused)(*stacked)
+    loop = torch.stack([reference(*[a[i] for a in stacked]) for i in range(2)])
+    assert _rel(mapped, loop) < 1e-10
+    with torch.no_grad():
+        quiet = fused(*args)
+    assert quiet.grad_fn is None
+    leaves = [a.clone().requires_grad_() for a in args]
+    tracked = fused(*leaves)
+    assert tracked.grad_fn is not None and torch.equal(quiet, tracked.detach())
+
+
+@needs_cpu
 def test_layer_vmap_and_per_sample_gradients_equal_a_loop():
     fused, _ = _twins("cpu")
     xs = torch.randn(3, 2, 8, 6, 7, dtype=torch.float64)
