@@ -105,15 +105,14 @@ def _dq_content(dy, lam):
 class _Formulas:
     """The derivatives of one namespace's four ops, written with that namespace's ops."""
 
-    def __init__(self, functions: dict[str, type], namespace: str):
-        # Filled by register_autograd: the ops' Functions, so that every derivative is itself
-        # differentiable (any order, under torch.autograd and torch.func alike).
-        self._functions = functions
+    def __init__(self, namespace: str):
         self._namespace = namespace
 
     @property
     def ops(self) -> "DifferentiableOps":
-        return DifferentiableOps(self._functions, self._namespace)
+        # The namespace's ops as its Functions (made by register_autograd), so that every
+        # derivative is itself differentiable (any order, under torch.autograd and torch.func).
+        return differentiable_ops(self._namespace)
 
     # ---- content_lambda(keys, values) -> (lam_c, lse)
     def content_lambda_vjp(self, saved, d_lam_c, d_lse):
@@ -411,7 +410,7 @@ def _loop_rule(op):
 _libraries: dict[str, torch.library.Library] = {}
 _ALLOW_OVERRIDE = ({"allow_override": True} if "allow_override" in
                    inspect.signature(torch.library.Library.impl).parameters else {})
-_functions: dict[str, dict[str, type]] = {}
+_differentiable: dict[str, "DifferentiableOps"] = {}
 
 
 class DifferentiableOps:
@@ -438,7 +437,7 @@ def _direct_when_underived(apply, op):
 
 
 def differentiable_ops(namespace: str) -> DifferentiableOps:
-    return DifferentiableOps(_functions[namespace], namespace)
+    return _differentiable[namespace]
 
 
 def register_autograd(namespace: str) -> None:
@@ -450,7 +449,7 @@ def register_autograd(namespace: str) -> None:
         return
     ops = getattr(torch.ops, namespace)
     functions: dict[str, type] = {}
-    formulas = _Formulas(functions, namespace)
+    formulas = _Formulas(namespace)
     library = torch.library.Library(namespace, "IMPL")
     _libraries[namespace] = library
     for name in OP_NAMES:
@@ -462,7 +461,7 @@ def register_autograd(namespace: str) -> None:
         with _quiet_override():
             library.impl(name, _make_autograd_kernel(op.default, functions[name]), "Autograd",
                          with_keyset=True, **_ALLOW_OVERRIDE)
-    _functions[namespace] = functions
+    _differentiable[namespace] = DifferentiableOps(functions, namespace)
     torch.library.register_vmap(f"{namespace}::content_lambda", _fold_rule(ops.content_lambda),
                                 lib=library)
     torch.library.register_vmap(f"{namespace}::content_lambda_backward",
