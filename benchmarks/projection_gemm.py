@@ -9,16 +9,17 @@ backward):
          the batch)  vs  on a contiguous copy of the slice.
 
 Reports the median ms of each and the median [min-max] of the per-pair ratios A / B (> 1: B,
-the layer's choice, is faster).
+the layer's choice, is faster); timed by lambda_kernels.bench.measure (the runner of lambda-bench).
 
     python benchmarks/projection_gemm.py --threads 2 --repeats 21
 """
 import argparse
 import os
 import statistics
-import time
 
 import torch
+
+from lambda_kernels.bench.measure import pair_ratios, time_interleaved
 
 # (label, B, C, H·W, O = q + k + v channels of LambdaLayer(C, dim_k=16, heads=4, dim_u), slice)
 SHAPES = (
@@ -29,23 +30,10 @@ SHAPES = (
 )
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _pairs(a, b, repeats):
-    for _ in range(3):
-        a(), b()
-    ta, tb = [], []
-    for i in range(repeats):
-        if i % 2:
-            tb.append(_time(b)); ta.append(_time(a))
-        else:
-            ta.append(_time(a)); tb.append(_time(b))
-    ratios = [x / y for x, y in zip(ta, tb)]
-    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3, ratios
+    """Median ms of a and of b, timed in turn (A B A B ...), and the per-pair ratios a / b."""
+    ta, tb = time_interleaved([a, b], torch.device("cpu"), warmup=3, repeats=repeats)
+    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3, pair_ratios(ta, tb)
 
 
 def main() -> None:
@@ -86,7 +74,7 @@ def main() -> None:
                          *_pairs(normed(False), normed(True), args.repeats)))
             for what, ta, tb, ratios in rows:
                 print(f"| {label} | {str(dtype).split('.')[-1]} | {what} | {ta:.3f} | {tb:.3f} | "
-                      f"{statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}] |")
+                      f"{ratios['median']:.2f} [{ratios['min']:.2f}-{ratios['max']:.2f}] |")
     print(f"load average at the end {os.getloadavg()}")
 
 
