@@ -12,9 +12,12 @@ Public API:
     reference                 the pure-PyTorch ground truth (module)
     cpu_isa / cpu_isa_levels  the CPU instruction-set level the cpu back end runs / can run
     use_cpu_isa               force a level inside a `with` block (tests, benchmarks)
+    cpu_positional_method     how the cpu back end takes the positional sums (auto, direct,
+                              spectral); use_cpu_positional_method forces one in a `with` block
 """
 from . import reference
-from ._cpu_isa import cpu_isa, cpu_isa_levels, use_cpu_isa
+from ._cpu_isa import (cpu_isa, cpu_isa_levels, cpu_positional_method, use_cpu_isa,
+                       use_cpu_positional_method)
 from .functional import (BackendUnavailableError, available_backends, lambda_op, lambda_op3d,
                          select_backend)
 from .layer import LambdaLayer, LambdaLayer1d, LambdaLayer3d, λLayer
@@ -35,5 +38,7 @@ __all__ = [
     "cpu_isa",
     "cpu_isa_levels",
     "use_cpu_isa",
+    "cpu_positional_method",
+    "use_cpu_positional_method",
     "__version__",
 ]

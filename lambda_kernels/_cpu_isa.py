@@ -65,3 +65,33 @@ def use_cpu_isa(level: str) -> Iterator[str]:
         yield level
     finally:
         _ops().set_cpu_isa(previous)
+
+
+# ---- positional method (csrc/cpu/positional_method.h)
+ENV_CPU_POSITIONAL = "LAMBDA_KERNELS_CPU_POSITIONAL"
+POSITIONAL_METHODS = ("auto", "direct", "spectral")
+
+
+def cpu_positional_method() -> str:
+    """How the CPU kernels take the positional sums: "auto" (per call and direction, the
+    cheaper estimate of the two below), "direct" (register-tiled window loops) or "spectral"
+    (FFT convolutions of the λp association). LAMBDA_KERNELS_CPU_POSITIONAL=<method> (read on
+    first use) forces one."""
+    return _ops().cpu_positional_method()
+
+
+def set_cpu_positional_method(method: str) -> str:
+    """Force `method` (one of POSITIONAL_METHODS); returns the previous one."""
+    if method not in POSITIONAL_METHODS:
+        raise ValueError(f"method must be one of {POSITIONAL_METHODS}, got {method!r}")
+    return _ops().set_cpu_positional_method(method)
+
+
+@contextlib.contextmanager
+def use_cpu_positional_method(method: str) -> Iterator[str]:
+    """Run the CPU kernels' positional part by `method` inside the block, then restore."""
+    previous = set_cpu_positional_method(method)
+    try:
+        yield method
+    finally:
+        _ops().set_cpu_positional_method(previous)

@@ -24,6 +24,7 @@ use the logits) can do more than the useful count when the other is cheaper.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 LOGITS = "logits"
@@ -83,3 +84,69 @@ def positional_flops(batch: int, heads: int, dim_k: int, dim_u: int, dim_v: int,
     association = association or cheaper_association(heads, dim_k, dim_v, backward)
     per_tap = multiply_adds_per_tap(heads, dim_k, dim_v, association, backward)
     return 2 * batch * in_image_taps(height, width, rh, rw) * dim_u * per_tap
+
+
+# ---- the spectral method (CPU): mirror of csrc/cpu/positional_method.cpp
+# The CPU kernels can also take the λp association's window sums as FFT convolutions
+# (csrc/cpu/spectral_kernels.inc, docs/design.md "The spectral method"): per image, real FFTs of
+# Ph×Pw planes (Ph = H + the table's in-image reach, rounded up to a 2·3·5-smooth length)
+# instead of r² multiply-adds per position. Its cost is estimated in fp32 multiply-adds of the
+# direct kernels; the kernels run it per call and direction when the estimate is lower.
+# The useful FLOP above stays the direct count (the spectral method does the same work in fewer
+# operations, so its rate in useful FLOP/s can exceed the machine's FMA rate).
+SPECTRAL = "spectral"
+DIRECT = "direct"
+FFT_COST = 12.0               # one real 2-D FFT of P points: FFT_COST · P·log2(P)
+SPECTRAL_PRODUCT_COST = 4.0   # one complex multiply-add of two spectra
+SPECTRAL_CALL_COST = 4.0e6    # fixed cost of a spectral call (~50 µs)
+SPECTRAL_MARGIN = 1.5         # spectral only when estimated this much cheaper
+
+
+def fft_length(n: int) -> int:
+    """Smallest even n' ≥ n whose only prime factors are 2, 3 and 5."""
+    m = max(n + n % 2, 2)
+    while True:
+        x = m
+        for p in (2, 3, 5):
+            while x % p == 0:
+                x //= p
+        if x == 1:
+            return m
+        m += 2
+
+
+def spectral_length(extent: int, table: int) -> int:
+    """FFT length along one axis: the extent plus the table's in-image reach."""
+    return fft_length(extent + min(table // 2, extent - 1))
+
+
+def direct_cost(batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw,
+                backward=False) -> float:
+    """Multiply-adds of the direct kernels (the cheaper association over the in-image taps)."""
+    return positional_flops(batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw,
+                            backward) / 2.0
+
+
+def spectral_cost(batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw,
+                  backward=False) -> float:
+    """Estimated cost of the spectral method in fp32 multiply-adds of the direct kernels."""
+    ph, pw = spectral_length(height, rh), spectral_length(width, rw)
+    plane, bins = ph * pw, ph * (pw // 2 + 1)
+    planes = batch * dim_u * dim_v + dim_k * dim_u + batch * dim_k * dim_v
+    products = batch * bins * dim_k * dim_u * dim_v
+    contractions = batch * height * width * heads * dim_k * dim_v
+    times = 2.0 if backward else 1.0
+    return (SPECTRAL_CALL_COST + times * FFT_COST * planes * plane * math.log2(plane)
+            + (3.0 if backward else 1.0) * SPECTRAL_PRODUCT_COST * products
+            + times * contractions)
+
+
+def cpu_positional_method(batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw,
+                          backward=False, direct_speed=1.0) -> str:
+    """The method the CPU kernels choose on their own ("auto"): SPECTRAL when its estimate,
+    times SPECTRAL_MARGIN, is below the direct cost divided by `direct_speed` (the direct
+    kernels' rate relative to fp32: ~1.4 for bf16 on the levels with a bf16 micro-kernel), else
+    DIRECT."""
+    args = (batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw, backward)
+    spectral = SPECTRAL_MARGIN * spectral_cost(*args)
+    return SPECTRAL if spectral < direct_cost(*args) / direct_speed else DIRECT

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -101,6 +102,8 @@ class Target:
     device: str
     dtypes: tuple
     cpu_isa: Optional[str] = None
+    # the CPU kernels' positional method (lambda_kernels.use_cpu_positional_method), or None
+    cpu_positional: Optional[str] = None
     # an interpreter: second dtypes on QUICK_SHAPES only, one opcheck sample
     slow: bool = False
     # why it cannot run here, or None
@@ -119,8 +122,12 @@ class Target:
 
     def activate(self):
         """Context in which the back end runs as this target (its CPU level)."""
-        return lambda_kernels.use_cpu_isa(self.cpu_isa) if self.cpu_isa else \
-            contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if self.cpu_isa:
+            stack.enter_context(lambda_kernels.use_cpu_isa(self.cpu_isa))
+        if self.cpu_positional:
+            stack.enter_context(lambda_kernels.use_cpu_positional_method(self.cpu_positional))
+        return stack
 
     def run(self, q, keys, values, pos_table, bias=None):
         with self.activate():
@@ -169,9 +176,13 @@ def _triton_target() -> Target:
 
 def _targets() -> list[Target]:
     targets = [Target("reference", "reference", "cpu", (torch.float64, torch.float32))]
+    # Each CPU level twice: its own choice of method (on these small shapes: direct) and the
+    # spectral method forced (csrc/cpu/spectral_kernels.inc; the same tile kernels of the level).
     for level in _compiled_cpu_levels():
-        targets.append(Target(f"cpu-{level}", "cpu", "cpu", ALL_DTYPES, cpu_isa=level,
-                              unavailable=functools.partial(_cpu_level_reason, level)))
+        for method, suffix in ((None, ""), ("spectral", "-spectral")):
+            targets.append(Target(f"cpu-{level}{suffix}", "cpu", "cpu", ALL_DTYPES, cpu_isa=level,
+                                  cpu_positional=method,
+                                  unavailable=functools.partial(_cpu_level_reason, level)))
     targets.append(_triton_target())
     targets.append(Target("cuda", "cuda", "cuda", ALL_DTYPES,
                           unavailable=lambda: _backend_reason("cuda", "cuda")))
@@ -484,13 +495,15 @@ _MEMORY_PROBE = textwrap.dedent("""
 
 
 def peak_memory_increase(op_name: str, q_shape, keys_shape, values_shape, table_shape,
-                         dy_shape) -> tuple[int, int]:
+                         dy_shape, env: Optional[dict] = None) -> tuple[int, int]:
     """(first, repeat): the peak resident memory a forward+backward of lambda_kernels.<op_name>
-    on the cpu back end adds, in a fresh process, for inputs of these shapes (float32)."""
+    on the cpu back end adds, in a fresh process (with `env` added to its environment), for
+    inputs of these shapes (float32)."""
     shapes = json.dumps([list(s) for s in (q_shape, keys_shape, values_shape, table_shape,
                                            dy_shape)])
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, op_name, shapes],
-                         capture_output=True, text=True, check=True, timeout=300)
+                         capture_output=True, text=True, check=True, timeout=300,
+                         env={**os.environ, **(env or {})})
     result = json.loads(out.stdout.strip().splitlines()[-1])
     return result["first"], result["steady"]
 

@@ -41,6 +41,17 @@ struct CpuKernels {
                                  const at::Tensor& values, const at::Tensor& pos_table,
                                  const at::Tensor& lam, at::Tensor& d_q, at::Tensor& d_values,
                                  at::Tensor& d_pos_table, at::Tensor& d_lam);
+  // The same two ops by the spectral method (spectral_kernels.inc; positional_method.h chooses).
+  void (*spectral_lambda_output)(const at::Tensor& q, const at::Tensor& values,
+                                 const at::Tensor& pos_table, const at::Tensor& lam,
+                                 at::Tensor& y);
+  void (*spectral_lambda_output_backward)(const at::Tensor& dy, const at::Tensor& q,
+                                          const at::Tensor& values, const at::Tensor& pos_table,
+                                          const at::Tensor& lam, at::Tensor& d_q,
+                                          at::Tensor& d_values, at::Tensor& d_pos_table,
+                                          at::Tensor& d_lam);
+  // The direct kernels' multiply-add rate on bf16 inputs relative to fp32 (the cost estimate).
+  double bf16_direct_speed;
 };
 
 // Kernel tables, one per level compiled into this binary (defined in isa_<name>.cpp).

@@ -25,6 +25,7 @@
 
 #include "../lambda_math.h"
 #include "isa.h"
+#include "positional_method.h"
 
 // Inline helpers of the kernels: always inlined into the tile loops of their own level.
 #define LK_INLINE inline __attribute__((always_inline))

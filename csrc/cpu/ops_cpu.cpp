@@ -8,9 +8,20 @@
 
 #include "../checks.h"
 #include "isa.h"
+#include "positional_method.h"
 
 namespace lambda_kernels {
 namespace {
+
+// Whether this positional call runs by the spectral method (positional_method.h).
+bool spectral(const cpu::CpuKernels& kernels, const at::Tensor& q, const at::Tensor& values,
+              const at::Tensor& pos_table, bool backward) {
+  const cpu::PositionalSizes sizes{q.size(0), q.size(1), q.size(2), values.size(1),
+                                   values.size(2), q.size(3), q.size(4), pos_table.size(0),
+                                   pos_table.size(1)};
+  return cpu::use_spectral(sizes, backward,
+                           q.scalar_type() == at::kBFloat16 ? kernels.bf16_direct_speed : 1.0);
+}
 
 std::tuple<at::Tensor, at::Tensor> content_lambda_cpu(const at::Tensor& keys_in,
                                                       const at::Tensor& values_in) {
@@ -56,7 +67,11 @@ at::Tensor lambda_output_cpu(const at::Tensor& q_in, const at::Tensor& values_in
                            q.options());
   if (y.numel() == 0) return y;
   if (q.size(2) == 0 || values.size(1) == 0) return y.zero_();
-  cpu::active_kernels().lambda_output(q, values, pos_table, lam, y);
+  const cpu::CpuKernels& kernels = cpu::active_kernels();
+  if (spectral(kernels, q, values, pos_table, false))
+    kernels.spectral_lambda_output(q, values, pos_table, lam, y);
+  else
+    kernels.lambda_output(q, values, pos_table, lam, y);
   return y;
 }
 
@@ -81,8 +96,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lambda_output_backwar
     d_lam.zero_();
     return {d_q, d_values, d_pos_table, d_lam};
   }
-  cpu::active_kernels().lambda_output_backward(dy, q, values, pos_table, lam, d_q, d_values,
-                                               d_pos_table, d_lam);
+  const cpu::CpuKernels& kernels = cpu::active_kernels();
+  if (spectral(kernels, q, values, pos_table, true))
+    kernels.spectral_lambda_output_backward(dy, q, values, pos_table, lam, d_q, d_values,
+                                            d_pos_table, d_lam);
+  else
+    kernels.lambda_output_backward(dy, q, values, pos_table, lam, d_q, d_values, d_pos_table,
+                                   d_lam);
   return {d_q, d_values, d_pos_table, d_lam};
 }
 

@@ -66,6 +66,29 @@ def flops_positional(case: Case, backward: bool = False, association=None) -> fl
                                   association))
 
 
+def _positional_method_note(backend: str, case: Case) -> str:
+    """Which positional method the CPU kernels take for this case (forward / backward), when
+    it is not the direct one everywhere: the spectral method's speed comes from doing fewer
+    operations, which the useful-FLOP rates do not show."""
+    if backend != "cpu" or getattr(case, "frames", None):
+        return ""
+    from .._cpu_isa import cpu_isa, cpu_positional_method
+    try:
+        forced, level = cpu_positional_method(), cpu_isa()
+    except RuntimeError:
+        return ""
+    bf16 = "bfloat16" in (case.dtype, case.autocast or "")
+    speed = 1.4 if bf16 and level in ("avx512_bf16", "amx") else 1.0
+    sizes = (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v, case.height,
+             case.width, *table_size(case.height, case.width, case.r))
+    methods = [forced if forced != "auto" else
+               cost.cpu_positional_method(*sizes, backward=backward, direct_speed=speed)
+               for backward in (False, True)]
+    if methods == [cost.DIRECT, cost.DIRECT]:
+        return ""
+    return f"positional: {methods[0]} fwd, {methods[1]} bwd"
+
+
 def flops_lambda(case: Case) -> float:
     b, n, h, k, u, v = case.batch, case.tokens, case.heads, case.dim_k, case.dim_u, case.dim_v
     proj = _proj(case, h * k + u * k + u * v)
@@ -230,7 +253,8 @@ class LambdaKernels(Provider):
         return reasons[self.backend]
 
     def build(self, case, device):
-        return _seeded_lambda(case, self.backend).to(device=device, dtype=case.torch_dtype), ""
+        layer = _seeded_lambda(case, self.backend).to(device=device, dtype=case.torch_dtype)
+        return layer, _positional_method_note(self.backend, case)
 
     def flops(self, case):
         return flops_lambda(case)
