@@ -100,6 +100,7 @@ FFT_COST = 12.0               # one real 2-D FFT of P points: FFT_COST · P·log
 SPECTRAL_PRODUCT_COST = 4.0   # one complex multiply-add of two spectra
 SPECTRAL_CALL_COST = 4.0e6    # fixed cost of a spectral call (~50 µs)
 SPECTRAL_MARGIN = 1.5         # spectral only when estimated this much cheaper
+SPECTRAL_BACKWARD_TIMES = 3.0  # the backward's transforms and contractions vs the forward's
 
 
 def fft_length(n: int) -> int:
@@ -135,7 +136,7 @@ def spectral_cost(batch, heads, dim_k, dim_u, dim_v, height, width, rh, rw,
     planes = batch * dim_u * dim_v + dim_k * dim_u + batch * dim_k * dim_v
     products = batch * bins * dim_k * dim_u * dim_v
     contractions = batch * height * width * heads * dim_k * dim_v
-    times = 2.0 if backward else 1.0
+    times = SPECTRAL_BACKWARD_TIMES if backward else 1.0
     return (SPECTRAL_CALL_COST + times * FFT_COST * planes * plane * math.log2(plane)
             + (3.0 if backward else 1.0) * SPECTRAL_PRODUCT_COST * products
             + times * contractions)
