@@ -63,11 +63,8 @@ def _commit() -> str:
 
 def _with_method(method, fn):
     def run():
-        previous = torch.ops.lambda_kernels.set_cpu_positional_method(method)
-        try:
+        with lambda_kernels.use_cpu_positional_method(method):
             fn()
-        finally:
-            torch.ops.lambda_kernels.set_cpu_positional_method(previous)
     return run
 
 
@@ -105,7 +102,7 @@ def main() -> None:
                              ((b, h, k, hh, ww), (b, u, v, hh, ww), (b, h, v, hh, ww)))
             table = (torch.randn(rh, rw, k, u, generator=g) * 0.1).to(dtype)
             lam = torch.randn(b, k, v, generator=g).to(dtype)
-            speed = 1.4 if dtype == torch.bfloat16 and level in ("avx512_bf16", "amx") else 1.0
+            speed = cost.direct_speed(name, level)
             for backward in (False, True):
                 if backward:
                     def call():

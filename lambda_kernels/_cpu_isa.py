@@ -58,13 +58,19 @@ def set_cpu_isa(level: str) -> str:
 
 
 @contextlib.contextmanager
-def use_cpu_isa(level: str) -> Iterator[str]:
-    """Run the CPU kernels at `level` inside the block, then restore the previous level."""
-    previous = set_cpu_isa(level)
+def _forced(value: str, set_checked, restore) -> Iterator[str]:
+    """`set_checked(value)` (which returns the previous setting) for the block, then
+    `restore(previous)`."""
+    previous = set_checked(value)
     try:
-        yield level
+        yield value
     finally:
-        _ops().set_cpu_isa(previous)
+        restore(previous)
+
+
+def use_cpu_isa(level: str) -> contextlib.AbstractContextManager:
+    """Run the CPU kernels at `level` inside the block, then restore the previous level."""
+    return _forced(level, set_cpu_isa, lambda previous: _ops().set_cpu_isa(previous))
 
 
 # ---- positional method (csrc/cpu/positional_method.h)
@@ -73,10 +79,10 @@ POSITIONAL_METHODS = ("auto", "direct", "spectral")
 
 
 def cpu_positional_method() -> str:
-    """How the CPU kernels take the positional sums: "auto" (per call and direction, the
-    cheaper estimate of the two below), "direct" (register-tiled window loops) or "spectral"
-    (FFT convolutions of the λp association). LAMBDA_KERNELS_CPU_POSITIONAL=<method> (read on
-    first use) forces one."""
+    """How the CPU kernels take the positional sums: "auto" (per call and direction by cost
+    estimate: lambda_kernels.cost.cpu_positional_method), "direct" (register-tiled window
+    loops) or "spectral" (FFT convolutions of the λp association).
+    LAMBDA_KERNELS_CPU_POSITIONAL=<method> (read on first use) forces one."""
     return _ops().cpu_positional_method()
 
 
@@ -87,11 +93,7 @@ def set_cpu_positional_method(method: str) -> str:
     return _ops().set_cpu_positional_method(method)
 
 
-@contextlib.contextmanager
-def use_cpu_positional_method(method: str) -> Iterator[str]:
+def use_cpu_positional_method(method: str) -> contextlib.AbstractContextManager:
     """Run the CPU kernels' positional part by `method` inside the block, then restore."""
-    previous = set_cpu_positional_method(method)
-    try:
-        yield method
-    finally:
-        _ops().set_cpu_positional_method(previous)
+    return _forced(method, set_cpu_positional_method,
+                   lambda previous: _ops().set_cpu_positional_method(previous))

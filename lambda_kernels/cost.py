@@ -101,6 +101,17 @@ SPECTRAL_PRODUCT_COST = 4.0   # one complex multiply-add of two spectra
 SPECTRAL_CALL_COST = 4.0e6    # fixed cost of a spectral call (~50 µs)
 SPECTRAL_MARGIN = 1.5         # spectral only when estimated this much cheaper
 SPECTRAL_BACKWARD_TIMES = 3.0  # the backward's transforms and contractions vs the forward's
+# The direct kernels' rate on bf16 inputs relative to fp32 at the levels with a bf16 micro-kernel
+# (csrc/cpu/kernels.inc, kBf16DirectSpeed); 1 elsewhere.
+BF16_DIRECT_SPEED = 1.4
+BF16_MICROKERNEL_LEVELS = ("avx512_bf16", "amx")
+
+
+def direct_speed(dtype_name: str, cpu_level: str) -> float:
+    """The `direct_speed` of cpu_positional_method for inputs of `dtype_name` ("bfloat16", ...)
+    at CPU level `cpu_level`."""
+    bf16 = dtype_name == "bfloat16" and cpu_level in BF16_MICROKERNEL_LEVELS
+    return BF16_DIRECT_SPEED if bf16 else 1.0
 
 
 def fft_length(n: int) -> int:

@@ -9,6 +9,8 @@
 
 #include <torch/library.h>
 
+#include "../lambda_math.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -43,10 +45,8 @@ namespace {
 
 // Σ over the positions of one axis of the table offsets that land inside it (cost.axis_taps).
 int64_t axis_taps(int64_t extent, int64_t table) {
-  const int64_t half = table / 2;
   int64_t taps = 0;
-  for (int64_t y = 0; y < extent; ++y)
-    taps += std::min(extent - 1, y + table - 1 - half) - std::max<int64_t>(0, y - half) + 1;
+  for (int64_t y = 0; y < extent; ++y) taps += window_range(y, extent, table).size();
   return taps;
 }
 

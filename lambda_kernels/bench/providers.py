@@ -77,8 +77,7 @@ def _positional_method_note(backend: str, case: Case) -> str:
         forced, level = cpu_positional_method(), cpu_isa()
     except RuntimeError:
         return ""
-    bf16 = "bfloat16" in (case.dtype, case.autocast or "")
-    speed = 1.4 if bf16 and level in ("avx512_bf16", "amx") else 1.0
+    speed = cost.direct_speed(case.autocast or case.dtype, level)
     sizes = (case.batch, case.heads, case.dim_k, case.dim_u, case.dim_v, case.height,
              case.width, *table_size(case.height, case.width, case.r))
     methods = [forced if forced != "auto" else
