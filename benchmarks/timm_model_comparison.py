@@ -8,7 +8,14 @@ The models run interleaved repeat by repeat (stock, converted, [separate], stock
 per-pair ratios hold when a shared machine's speed drifts; prints medians, the median per-pair
 ratio stock ÷ converted and its spread, and the load average before and after each cell.
 
+`--layers` times instead each lambda layer alone, stock against converted, on the input the
+stock model feeds it (inference, eval mode), interleaved per repeat, and the layers' sum as a
+share of the stock model's inference: with s that share and c the converted layers' speed-up,
+the whole model can gain at most 1 / (1 − s + s / c) — the ceiling of the stock ÷ converted
+ratio the model rows measure.
+
     python benchmarks/timm_model_comparison.py --batch 8 --image-size 256 --threads 2 --repeats 5
+    python benchmarks/timm_model_comparison.py --layers --repeats 15
 """
 import argparse
 import copy
@@ -60,6 +67,64 @@ def _runner(model, task, bf16, batch, size):
     return run
 
 
+def _median_ms(times) -> float:
+    return statistics.median(times) * 1e3
+
+
+def _layer_rows(models, batch, size, repeats) -> None:
+    """Each lambda layer, stock vs converted, on the stock model's input to it (inference)."""
+    stock, converted = models["stock"], models["converted"]
+    stock_layers = [(n, m) for n, m in stock.named_modules() if type(m).__name__ == "LambdaLayer"]
+    ours = dict(converted.named_modules())
+    x = torch.randn(batch, 3, size, size)
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: inputs.__setitem__(n, args[0]))
+             for n, m in stock_layers]
+    stock.eval()
+    with torch.inference_mode():
+        stock(x)
+    for hook in hooks:
+        hook.remove()
+    print("| precision | layer | input | stock ms | converted ms | stock ÷ converted (median, "
+          "min–max) |")
+    print("|---|---|---|---|---|---|")
+    for bf16 in (False, True):
+        def run(module, layer_input):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                        enabled=bf16):
+                module(layer_input)
+
+        run(stock, x)  # warm-up
+        model_times = []
+        for _ in range(max(3, repeats // 3)):
+            start = time.perf_counter()
+            run(stock, x)
+            model_times.append(time.perf_counter() - start)
+        sums = [0.0, 0.0]
+        for name, layer in stock_layers:
+            mine = ours[name].eval()
+            layer_input = inputs[name]
+            for module in (layer, mine):
+                run(module, layer_input)  # warm-up
+            t_stock, t_ours = [], []
+            for _ in range(repeats):
+                for module, times in ((layer, t_stock), (mine, t_ours)):
+                    start = time.perf_counter()
+                    run(module, layer_input)
+                    times.append(time.perf_counter() - start)
+            ratio = [a / b for a, b in zip(t_stock, t_ours)]
+            sums[0] += _median_ms(t_stock)
+            sums[1] += _median_ms(t_ours)
+            print(f"| {'bf16' if bf16 else 'fp32'} | {name} | {tuple(layer_input.shape)} | "
+                  f"{_median_ms(t_stock):.2f} | {_median_ms(t_ours):.2f} | "
+                  f"{statistics.median(ratio):.2f} ({min(ratio):.2f}–{max(ratio):.2f}) |")
+        share, speedup = sums[0] / _median_ms(model_times), sums[0] / sums[1]
+        print(f"| {'bf16' if bf16 else 'fp32'} | all lambda layers (sum of medians) | stock "
+              f"model inference {_median_ms(model_times):.0f} ms, the layers {100 * share:.1f}% "
+              f"of it | {sums[0]:.2f} | {sums[1]:.2f} | {speedup:.2f}; whole-model ceiling "
+              f"{1 / (1 - share + share / speedup):.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="lambda_resnet26t")
@@ -71,6 +136,8 @@ def main() -> None:
                         help="also the converted model with its projections one by one")
     parser.add_argument("--cells", default="inference fp32,train step fp32,inference bf16,"
                         "train step bf16")
+    parser.add_argument("--layers", action="store_true",
+                        help="time each lambda layer alone instead of the whole models")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import timm
@@ -80,6 +147,9 @@ def main() -> None:
           f"{lambda_kernels.__file__}; {args.model} B={args.batch} {args.image_size}px, "
           f"{args.threads} threads, {args.repeats} interleaved repeats after 1 warm-up")
     models = _models(args.model, args.separate)
+    if args.layers:
+        _layer_rows(models, args.batch, args.image_size, args.repeats)
+        return
     header = "| cell | " + " | ".join(f"{n} ms" for n in models) + " | stock ÷ converted " \
              "(median, min–max)" + (" | separate ÷ converted" if args.separate else "") + \
              " | load avg before → after |"

@@ -116,6 +116,11 @@ class _LambdaBase(nn.Module):
         # 1.2-1.6x faster than torch.matmul's (as fast at 14²/512 bf16), which folds the batch
         # into one GEMM on copies of x and of the gradient transposed to (B·N, ·)
         # (benchmarks/projection_gemm.py)
+        if not _is_fx_proxy(x) and weight.dtype == torch.float32 and \
+                torch.is_autocast_enabled(x.device.type):
+            # autocast casts bmm's operands: the weight before its expansion (one copy), not
+            # its B expanded copies (8×8/512, B=8: the product 0.47 → 0.33 ms)
+            weight = weight.to(torch.get_autocast_dtype(x.device.type))
         out = torch.bmm(weight.expand(x.shape[0], -1, -1), x.flatten(2))
         if bias is not None:
             out = out.add_(bias.to(out.dtype).unsqueeze(1))
