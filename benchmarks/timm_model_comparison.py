@@ -71,6 +71,11 @@ def _median_ms(times) -> float:
     return statistics.median(times) * 1e3
 
 
+def _spread(ratios, digits: int) -> str:
+    """Per-pair ratios as 'median (min–max)'."""
+    return f"{statistics.median(ratios):.{digits}f} ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def _layer_rows(models, batch, size, repeats) -> None:
     """Each lambda layer, stock vs converted, on the stock model's input to it (inference)."""
     stock, converted = models["stock"], models["converted"]
@@ -117,7 +122,7 @@ def _layer_rows(models, batch, size, repeats) -> None:
             sums[1] += _median_ms(t_ours)
             print(f"| {'bf16' if bf16 else 'fp32'} | {name} | {tuple(layer_input.shape)} | "
                   f"{_median_ms(t_stock):.2f} | {_median_ms(t_ours):.2f} | "
-                  f"{statistics.median(ratio):.2f} ({min(ratio):.2f}–{max(ratio):.2f}) |")
+                  f"{_spread(ratio, 2)} |")
         share, speedup = sums[0] / _median_ms(model_times), sums[0] / sums[1]
         print(f"| {'bf16' if bf16 else 'fp32'} | all lambda layers (sum of medians) | stock "
               f"model inference {_median_ms(model_times):.0f} ms, the layers {100 * share:.1f}% "
@@ -170,12 +175,12 @@ def main() -> None:
                 times[n].append(time.perf_counter() - start)
         conv = times["converted"]
         ratio = [a / b for a, b in zip(times["stock"], conv)]
-        row = f"| {cell} | " + " | ".join(f"{statistics.median(t) * 1e3:.0f}"
+        row = f"| {cell} | " + " | ".join(f"{_median_ms(t):.0f}"
                                           for t in times.values())
-        row += f" | {statistics.median(ratio):.3f} ({min(ratio):.2f}–{max(ratio):.2f})"
+        row += f" | {_spread(ratio, 3)}"
         if args.separate:
             sep = [a / b for a, b in zip(times["separate"], conv)]
-            row += f" | {statistics.median(sep):.3f} ({min(sep):.2f}–{max(sep):.2f})"
+            row += f" | {_spread(sep, 3)}"
         row += f" | {load_before:.1f} → {os.getloadavg()[0]:.1f} |"
         print(row, flush=True)
 
