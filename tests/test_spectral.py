@@ -139,16 +139,47 @@ def test_larger_shapes_match_the_reference(sizes, dtype):
         assert_close_rule(name, g, r64, rd, dtype)
 
 
+@pytest.mark.parametrize("level", [lv for lv, why in lambda_kernels.cpu_isa_levels().items()
+                                   if why is None] if _REASON is None else [])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_same_bits_at_every_thread_count(level, dtype):
+    """MKL's batched FFTs change their arithmetic with their thread count (ATen's irfft2 of a
+    few planes differs in the last bits between 1 and 2 threads); the spectral method's
+    transforms run in fixed groups of planes, one thread each, so its results do not."""
+    cases = [(1, 1, 1, 1, 7, 4, 8, 3, 3), (2, 2, 5, 2, 7, 9, 13, 5, 5),  # differed before
+             (1, 2, 8, 2, 12, 16, 16, 31, 31),                           # global context
+             (1, 4, 16, 4, 8, 40, 36, 23, 23)]                           # several v chunks
+    threads = torch.get_num_threads()
+    try:
+        with lambda_kernels.use_cpu_isa(level):
+            for sizes in cases:
+                inputs = _op_inputs(sizes, dtype, seed=1)
+                runs = []
+                for n in sorted({1, 2, 3, threads}):
+                    torch.set_num_threads(n)
+                    runs.append((n, _run("spectral", inputs)))
+                for n, outputs in runs[1:]:
+                    for name, a, b in zip(("y", "d_q", "d_values", "d_pos_table", "d_lam"),
+                                          runs[0][1], outputs):
+                        assert torch.equal(a, b), f"{sizes} {name}: 1 vs {n} threads differ"
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_peak_memory_spectral_never_builds_positional_lambda():
     # λp (B, N, k, v) = 268 MB in float32; the spectral method holds one chunk of it (≤ 4 MiB)
-    # and its spectra at a time.
+    # and its spectra at a time, next to the call's table spectra (two operand forms, 11 MB
+    # here), dq and the inputs' copies: ~30 MB live at the backward's peak. Measured as resident
+    # memory, the first call's increase includes one-time costs (34-41 MB here); a repeat's
+    # depends on what the allocator kept from the first (0-29 MB for the same call), so both
+    # get the one bound.
     b, h, k, u, v, hh, ww, r = 1, 1, 128, 1, 128, 64, 64, 7
     lam_p_bytes = 4 * b * hh * ww * k * v
     first, steady = peak_memory_increase(
         "lambda_op", (b, h, k, hh, ww), (b, u, k, hh, ww), (b, u, v, hh, ww), (r, r, k, u),
         (b, h, v, hh, ww), env={"LAMBDA_KERNELS_CPU_POSITIONAL": "spectral"})
-    assert first < lam_p_bytes / 2, (first, lam_p_bytes)
-    assert steady < lam_p_bytes / 10, (steady, lam_p_bytes)
+    assert first < lam_p_bytes / 5, (first, lam_p_bytes)
+    assert steady < lam_p_bytes / 5, (steady, lam_p_bytes)
 
 
 def test_method_knob():

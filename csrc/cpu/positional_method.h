@@ -9,6 +9,11 @@
 #include <cstdint>
 #include <initializer_list>
 
+// MKL's per-thread thread count (its C entry point: mkl_service.h maps mkl_set_num_threads_local
+// to it; the lower-case symbol is the Fortran one, which takes a pointer), resolved at load time
+// from torch's libraries where they carry MKL (a weak reference: null elsewhere).
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
 namespace lambda_kernels {
 namespace cpu {
 
@@ -39,6 +44,27 @@ inline int64_t spectral_length(int64_t extent, int64_t table_size) {
   const int64_t reach = table_size / 2 < extent - 1 ? table_size / 2 : extent - 1;
   return fft_length(extent + reach);
 }
+
+// While it lives, the FFTs this thread calls run single-threaded: MKL's batched transforms
+// change their arithmetic with the number of threads they get (torch.fft.irfft2 of a few planes
+// differs in the last bits between 1 and 2 threads), so the spectral method runs fixed groups
+// of planes per call, single-threaded, in its own parallel loop and gives the same bits at any
+// thread count. Where torch has no MKL (pocketfft: single-threaded per call) it does nothing.
+class SequentialFfts {
+ public:
+  SequentialFfts() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous_ = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialFfts() {
+    // (0, MKL's default for a thread: back to the global setting)
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SequentialFfts(const SequentialFfts&) = delete;
+  SequentialFfts& operator=(const SequentialFfts&) = delete;
+
+ private:
+  int previous_ = 0;
+};
 
 // Estimated cost of each method in fp32 multiply-add equivalents of the direct kernels
 // (docs/design.md, "The spectral method"; mirrored by lambda_kernels/cost.py).
