@@ -371,17 +371,17 @@ def _fold_rule(op, shared=()):
         size = info.batch_size
         if any(in_dims[i] is not None for i in shared):
             return _loop_rule(op)(info, in_dims, *args)
-        folded = []
+        folded, batch = [], None
         for i, (t, dim) in enumerate(zip(args, in_dims)):
             if i in shared:
                 folded.append(t)
             else:
                 t = _move_to_front(t, dim, size)
+                batch = t.shape[1]  # the op's own batch (every batch-major argument has it)
                 folded.append(t.reshape(size * t.shape[1], *t.shape[2:]))
         result = op(*folded)
         outputs = result if isinstance(result, tuple) else (result,)
-        unfolded = tuple(o.reshape(size, o.shape[0] // size if size else 0, *o.shape[1:])
-                         for o in outputs)
+        unfolded = tuple(o.reshape(size, batch, *o.shape[1:]) for o in outputs)
         if isinstance(result, tuple):
             return unfolded, (0,) * len(unfolded)
         return unfolded[0], 0
@@ -394,6 +394,16 @@ def _loop_rule(op):
     samples: the table gradient is a sum over the batch)."""
 
     def rule(info, in_dims, *args):
+        if info.batch_size == 0:
+            # no index to call the op on: one call's output shapes from its fake impl
+            sample = op(*[t if t is None else
+                          torch.empty(t.shape if d is None else t.shape[:d] + t.shape[d + 1:],
+                                      dtype=t.dtype, device="meta")
+                          for t, d in zip(args, in_dims)])
+            device = next(t.device for t, d in zip(args, in_dims) if d is not None)
+            empty = tuple(torch.empty((0, *o.shape), dtype=o.dtype, device=device)
+                          for o in (sample if isinstance(sample, tuple) else (sample,)))
+            return (empty, (0,) * len(empty)) if isinstance(sample, tuple) else (empty[0], 0)
         per_index = []
         for index in range(info.batch_size):
             per_index.append(op(*[t if d is None else t.select(d, index)

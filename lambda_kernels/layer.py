@@ -66,9 +66,10 @@ class _LambdaBase(nn.Module):
     @staticmethod
     def _check_context(n, r) -> None:
         """Raise ValueError unless the given one of n and r is valid for this layer."""
-        if r is not None and (not isinstance(r, int) or r < 1 or r % 2 == 0):
+        if r is not None and (not isinstance(r, int) or isinstance(r, bool) or r < 1
+                              or r % 2 == 0):
             raise ValueError(f"r must be a positive odd integer, got {r!r}")
-        if n is not None and (not isinstance(n, int) or n < 1):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
 
     def _add_projections(self, conv: type, norm: type) -> None:
@@ -180,12 +181,23 @@ class _LambdaBase(nn.Module):
                              f"({', '.join(map(str, x.shape))})")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        self._check_dtype(x)
         if not self.local_contexts and max(x.shape[2:]) > self.n:
             names = ("H", "W") if self.spatial_rank == 2 else ("L",)
             sizes = ", ".join(f"{name}={size}" for name, size in zip(names, x.shape[2:]))
             raise ValueError(f"global context with n={self.n} takes {', '.join(names)} <= "
                              f"{self.n}; x has {sizes} (build the layer with "
                              f"n >= {max(x.shape[2:])})")
+
+    def _check_dtype(self, x) -> None:
+        """Outside autocast the projections need x in their weight's dtype (as a Conv2d does):
+        say so, rather than the GEMM's bare mismatch error."""
+        weight = getattr(self.to_q, "weight", None)
+        if isinstance(weight, torch.Tensor) and x.dtype != weight.dtype and \
+                not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x has dtype {x.dtype}; the layer's parameters are {weight.dtype} "
+                            f"(convert x, or the layer with .to({x.dtype}), or run under "
+                            "torch.autocast)")
 
     def _lambda(self, x: torch.Tensor) -> torch.Tensor:
         """The lambda of x, shape (B, dim_out, *x.shape[2:]), before any pooling."""
@@ -252,9 +264,23 @@ def _keeps_channels_last(x: torch.Tensor, memory_format=torch.channels_last) -> 
     return x.is_contiguous(memory_format=memory_format) and not x.is_contiguous()
 
 
-# FX symbolic tracing records calls of lambda_op made from this module as leaf nodes.
+def _context_centre(table: torch.Tensor, context: tuple, sizes: tuple) -> torch.Tensor:
+    """The centre of a global-context table, 2n − 1 entries per axis: the 2s − 1 offsets that
+    reach inside an input of size s <= n along each axis. Raises on s > n: the layers check
+    their input first, but an FX-traced layer checks nothing before its graph runs, and a slice
+    past the table's ends would be silently short (an n+1 map got a one-entry table)."""
+    if any(s > n for s, n in zip(sizes, context)):
+        raise ValueError(f"global context with n={tuple(context)} takes an input no larger "
+                         f"along each axis; it has {tuple(sizes)} (build the layer with a "
+                         "larger n)")
+    return table[tuple(slice(n - s, n + s - 1) for n, s in zip(context, sizes))]
+
+
+# FX symbolic tracing records calls of these from this module as leaf nodes (the op validates
+# and chooses its back end, the table centre checks its sizes, when the traced graph runs).
 torch.fx.wrap("lambda_op")
 torch.fx.wrap("lambda_op3d")
+torch.fx.wrap("_context_centre")
 
 
 class LambdaLayer(_LambdaBase):
@@ -286,7 +312,7 @@ class LambdaLayer(_LambdaBase):
         n = self.n
         # Offsets beyond ±(H-1), ±(W-1) never reach inside the image: hand the kernels only
         # the (2H-1, 2W-1) centre of the (2n-1, 2n-1) table.
-        return self.rel_pos_emb[n - height:n + height - 1, n - width:n + width - 1], None
+        return _context_centre(self.rel_pos_emb, (n, n), (height, width)), None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         channels_last = self._checked(x) and _keeps_channels_last(x)
@@ -323,7 +349,7 @@ class LambdaLayer1d(_LambdaBase):
         if self.local_contexts:
             return self.pos_conv.weight.permute(2, 3, 0, 1), self.pos_conv.bias
         n = self.n
-        return self.rel_pos_emb[n - width:n + width - 1].unsqueeze(0), None
+        return _context_centre(self.rel_pos_emb, (n,), (width,)).unsqueeze(0), None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._checked(x)
@@ -389,8 +415,7 @@ class LambdaLayer3d(_LambdaBase):
             return self.pos_conv.weight.permute(2, 3, 4, 0, 1), self.pos_conv.bias
         nt, nh, nw = self.context_size
         # only the offsets that reach inside the volume: the (2T-1, 2H-1, 2W-1) centre
-        return self.rel_pos_emb[nt - frames:nt + frames - 1, nh - height:nh + height - 1,
-                                nw - width:nw + width - 1], None
+        return _context_centre(self.rel_pos_emb, (nt, nh, nw), (frames, height, width)), None
 
     def project(self, x: torch.Tensor):
         """q (B,h,k,T,H,W), keys (B,u,k,T,H,W), values (B,u,v,T,H,W), pos_table, bias, all one
@@ -414,6 +439,7 @@ class LambdaLayer3d(_LambdaBase):
                              f"({', '.join(map(str, x.shape))})")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+        self._check_dtype(x)
         if not self.local_contexts and any(s > c for s, c in zip(x.shape[2:], self.context_size)):
             nt, nh, nw = self.context_size
             raise ValueError(f"global context with n=({nt}, {nh}, {nw}) takes T <= {nt}, "

@@ -183,6 +183,39 @@ def test_fx_symbolic_trace_keeps_the_op_as_one_leaf(context):
     torch.testing.assert_close(torch.fx.symbolic_trace(layer_1d)(x), layer_1d(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fx_traced_global_layers_check_the_context_when_the_graph_runs():
+    """A traced graph has no input check before it runs: the table's centre checks its sizes
+    (a slice past a (2n-1) table's ends would be silently short)."""
+    from lambda_kernels import LambdaLayer3d
+    cases = [(LambdaLayer(8, dim_k=4, n=8, heads=2), (1, 8, 8, 8), (1, 8, 9, 8)),
+             (LambdaLayer1d(8, dim_k=4, n=8, heads=2), (1, 8, 8), (1, 8, 9)),
+             (LambdaLayer3d(8, dim_k=4, n=(2, 4, 4), heads=2), (1, 8, 2, 4, 4), (1, 8, 3, 4, 4))]
+    for layer, fits, too_large in cases:
+        traced = torch.fx.symbolic_trace(layer.eval())
+        x = torch.randn(fits)
+        torch.testing.assert_close(traced(x), layer(x), rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="global context with n="):
+            traced(torch.randn(too_large))
+
+
+@needs_cpu
+@pytest.mark.parametrize("mapped", [0, 1, 2, 3])
+def test_vmap_over_an_empty_dimension(mapped):
+    """vmap over a mapped dimension of size 0 gives an empty result of the right shape (the
+    folding rule keeps the op's batch; the looping rule takes a call's shape from the fake
+    impl), forward and backward."""
+    from lambda_kernels import lambda_op
+    args = list(make_inputs(seed=3))
+    one = lambda_op(*args, backend="cpu")
+    args[mapped] = args[mapped].new_empty(0, *args[mapped].shape)
+    in_dims = tuple(0 if i == mapped else None for i in range(len(args)))
+    out = torch.func.vmap(lambda *a: lambda_op(*a, backend="cpu"), in_dims=in_dims)(*args)
+    assert out.shape == (0, *one.shape)
+    grads = torch.func.vmap(torch.func.grad(lambda *a: lambda_op(*a, backend="cpu").sum(),
+                                            argnums=(0, 1, 2, 3)), in_dims=in_dims)(*args)
+    assert [g.shape[0] for g in grads] == [0] * 4
+
+
 @needs_cpu
 def test_feature_extraction_of_our_model_and_of_a_from_timm_model():
     feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")

@@ -52,6 +52,8 @@ def test_lambda_op_rejects_unknown_backend():
     (dict(dim=8, dim_k=4, n=5, r=3), r"exactly one of n .* and r"),
     (dict(dim=8, dim_k=0, r=3), r"dim_k must be a positive integer"),
     (dict(dim=8, dim_k=4, n=0), r"n must be a positive integer"),
+    (dict(dim=8, dim_k=4, r=True), r"r must be a positive odd integer, got True"),
+    (dict(dim=8, dim_k=4, n=True), r"n must be a positive integer, got True"),
 ])
 def test_layer_constructor_rejects(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -70,3 +72,7 @@ def test_layer_forward_rejects_bad_input():
         layer(torch.ones(1, 8, 5, 5, dtype=torch.int32))
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor"):
         layer([1.0])
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64; the layer's parameters"):
+        layer(torch.randn(1, 8, 5, 5, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: no dtype check
+        assert layer(torch.randn(1, 8, 5, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16
