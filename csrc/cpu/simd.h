@@ -80,7 +80,7 @@ typedef uint16_t u16_half_vec_t __attribute__((vector_size(LK_VECTOR_BYTES / 2))
 constexpr int64_t kFloatLanes = Simd<float>::kLanes;
 
 // The float -> bf16 rounding of one vector: c10's round_to_nearest_even, lane by lane.
-LK_INLINE u16_half_vec_t bf16_bits(const vec_t<float>& f) {
+LK_INLINE u16_half_vec_t bf16_round_vector(const vec_t<float>& f) {
   u32_vec_t bits;
   std::memcpy(&bits, &f, sizeof(bits));
   u32_vec_t rounded = (bits + ((bits >> 16) & 1u) + 0x7FFFu) >> 16;
@@ -99,7 +99,7 @@ LK_INLINE vec_t<float> float_of_bf16_bits(const u16_half_vec_t& in) {
 template <typename D, typename S>
 LK_INLINE void convert_vector(D* dst, const S* src) {
   if constexpr (std::is_same_v<D, at::BFloat16>) {
-    const u16_half_vec_t out = bf16_bits(vload(src));
+    const u16_half_vec_t out = bf16_round_vector(vload(src));
     std::memcpy(dst, &out, sizeof(out));
   } else {
     u16_half_vec_t in;
@@ -119,7 +119,7 @@ LK_INLINE void convert_tail(D* dst, const S* src, int64_t n) {
     vec_t<float> f;
     const __m512 in = _mm512_maskz_loadu_ps(mask, src);
     std::memcpy(&f, &in, sizeof(f));
-    const u16_half_vec_t bits = bf16_bits(f);
+    const u16_half_vec_t bits = bf16_round_vector(f);
     __m256i out;
     std::memcpy(&out, &bits, sizeof(out));
     _mm256_mask_storeu_epi16(dst, mask, out);
