@@ -11,6 +11,12 @@ holds when the shared machine's speed drifts between rounds.
 
     python benchmarks/positional_kernel_ab.py --tree /tmp/before --tree . --rounds 5
     python benchmarks/positional_kernel_ab.py --tree .            # one build: times and %mm
+    python benchmarks/positional_kernel_ab.py --tree /tmp/before --tree . --bits
+
+--bits compares the two builds' outputs instead, bit for bit: the content and positional ops,
+forward and backward, at every level this CPU runs, in fp32, bf16, fp16 and fp64, on border and
+odd shapes of both positional methods, one input holding a NaN — the check that a change meant
+to keep every result (a faster store, a new layout) does.
 
 Useful FLOP: lambda_kernels.bench.providers.flops_positional (the one definition).
 """
@@ -86,6 +92,70 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
+# (B, h, k, u, v, H, W, R) of --bits: one vector or less per row, partial vectors, r = 1, the
+# spectral seed shape and a smaller one; case 4 gets a NaN in q
+BIT_CASES = [(2, 4, 16, 1, 32, 14, 14, 9), (1, 4, 16, 4, 8, 64, 64, 23), (1, 2, 8, 1, 16, 5, 37, 7),
+             (2, 4, 16, 1, 32, 20, 20, 1), (1, 4, 16, 1, 128, 9, 33, 5), (1, 4, 16, 4, 8, 40, 40, 23)]
+
+
+def child_outputs(path: str) -> None:
+    """Every op's outputs on BIT_CASES at every level this CPU runs, saved to `path`."""
+    import torch
+
+    from lambda_kernels import cpu_isa_levels, use_cpu_isa
+    ops = torch.ops.lambda_kernels
+    results = {}
+    for level in [name for name, why_not in cpu_isa_levels().items() if why_not is None]:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            for i, (B, h, k, u, v, H, W, R) in enumerate(BIT_CASES):
+                g = torch.Generator().manual_seed(i)
+                q = torch.randn(B, h, k, H, W, generator=g).to(dtype)
+                keys = torch.randn(B, u, k, H, W, generator=g).to(dtype)
+                values = torch.randn(B, u, v, H, W, generator=g).to(dtype)
+                table = torch.randn(R, R, k, u, generator=g).to(dtype)
+                lam = torch.randn(B, k, v, generator=g).to(dtype)
+                if i == 4:
+                    q[0, 0, 0, 0, 0] = float("nan")
+                with use_cpu_isa(level):
+                    y = ops.lambda_output(q, values, table, lam)
+                    dy = torch.randn(y.shape, generator=g).to(dtype)
+                    lam_c, lse = ops.content_lambda(keys, values)
+                    d_lam = torch.randn(lam_c.shape, generator=g).to(lam_c.dtype)
+                    results[f"{level} {dtype} case {i}"] = [
+                        y, *ops.lambda_output_backward(dy, q, values, table, lam), lam_c, lse,
+                        *ops.content_lambda_backward(d_lam, keys, values, lse)]
+    torch.save(results, path)
+
+
+def compare_bits(trees: list[str]) -> None:
+    import tempfile
+
+    import torch
+    with tempfile.TemporaryDirectory() as folder:
+        saved = []
+        for i, tree in enumerate(trees):
+            path = os.path.join(folder, f"{i}.pt")
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
+            subprocess.run([sys.executable, os.path.abspath(__file__), "--child-outputs", path],
+                           env=env, cwd="/", check=True)
+            saved.append(torch.load(path))
+    a, b = saved
+    if a.keys() != b.keys():
+        raise SystemExit(f"the builds ran different levels: {sorted(a)} vs {sorted(b)}")
+    differ = []
+    for key in a:
+        for j, (x, y) in enumerate(zip(a[key], b[key])):
+            ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+            if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x.view(ints),
+                                                                            y.view(ints)):
+                differ.append(f"{key} output {j}")
+    total = sum(len(outputs) for outputs in a.values())
+    levels = sorted({key.split()[0] for key in a})
+    print(f"levels {', '.join(levels)}: {total - len(differ)} of {total} outputs bit-identical")
+    for line in differ:
+        print("differs:", line)
+
+
 def run_child(tree: str, argv: list[str]) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *argv],
@@ -102,12 +172,23 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="level:dtype")
     p.add_argument("--cases", nargs="+", default=["seed-local"], choices=list(CASES))
     p.add_argument("--directions", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    p.add_argument("--bits", action="store_true",
+                   help="compare the two trees' outputs bit for bit instead of timing them")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-outputs", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
         return
+    if args.child_outputs:
+        child_outputs(args.child_outputs)
+        return
     trees = args.tree or ["."]
+    if args.bits:
+        if len(trees) != 2:
+            p.error("--bits compares two trees")
+        compare_bits(trees)
+        return
     argv = ["--repeats", str(args.repeats), "--threads", str(args.threads), "--rows", *args.rows,
             "--cases", *args.cases, "--directions", *args.directions]
     results: list[list[dict]] = [[] for _ in trees]
