@@ -16,7 +16,7 @@ holds when the shared machine's speed drifts between rounds.
 --bits compares the two builds' outputs instead, bit for bit: the content and positional ops,
 forward and backward, at every level this CPU runs, in fp32, bf16, fp16 and fp64, on border and
 odd shapes of both positional methods, one input holding a NaN — the check that a change meant
-to keep every result (a faster store, a new layout) does.
+to keep every result (a faster store, a new layout) does; the exit status is 1 when any differs.
 
 Useful FLOP: lambda_kernels.bench.providers.flops_positional (the one definition).
 """
@@ -154,6 +154,8 @@ def compare_bits(trees: list[str]) -> None:
     print(f"levels {', '.join(levels)}: {total - len(differ)} of {total} outputs bit-identical")
     for line in differ:
         print("differs:", line)
+    if differ:
+        raise SystemExit(1)
 
 
 def run_child(tree: str, argv: list[str]) -> dict:
