@@ -77,7 +77,6 @@ constexpr int kTileCols = LK_TILE_COLS;
 // keep static_cast.
 typedef uint32_t u32_vec_t __attribute__((vector_size(LK_VECTOR_BYTES)));
 typedef uint16_t u16_half_vec_t __attribute__((vector_size(LK_VECTOR_BYTES / 2)));
-constexpr int64_t kFloatLanes = Simd<float>::kLanes;
 
 // The float -> bf16 rounding of one vector: c10's round_to_nearest_even, lane by lane.
 LK_INLINE u16_half_vec_t bf16_round_vector(const vec_t<float>& f) {
@@ -164,7 +163,7 @@ inline void convert_n(D* dst, const S* src, int64_t n) {
     std::memcpy(static_cast<void*>(dst), src, size_t(n) * sizeof(D));
   } else if constexpr ((std::is_same_v<D, at::BFloat16> && std::is_same_v<S, float>) ||
                        (std::is_same_v<D, float> && std::is_same_v<S, at::BFloat16>)) {
-    constexpr int64_t L = kFloatLanes;
+    constexpr int64_t L = Simd<float>::kLanes;
     int64_t i = 0;
     for (; i + L <= n; i += L) convert_vector(dst + i, src + i);
 #if defined(LK_MASKED_TAIL)
