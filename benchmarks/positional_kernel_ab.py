@@ -92,10 +92,11 @@ def child(args) -> None:
     print(json.dumps(out))
 
 
-# (B, h, k, u, v, H, W, R) of --bits: one vector or less per row, partial vectors, r = 1, the
-# spectral seed shape and a smaller one; case 4 gets a NaN in q
-BIT_CASES = [(2, 4, 16, 1, 32, 14, 14, 9), (1, 4, 16, 4, 8, 64, 64, 23), (1, 2, 8, 1, 16, 5, 37, 7),
-             (2, 4, 16, 1, 32, 20, 20, 1), (1, 4, 16, 1, 128, 9, 33, 5), (1, 4, 16, 4, 8, 40, 40, 23)]
+# Op shapes (B, h, k, u, v, H, W, Rh, Rw) of --bits: one vector or less per row, partial
+# vectors, r = 1, the spectral seed shape and a smaller one; case 4 gets a NaN in q
+BIT_CASES = [(2, 4, 16, 1, 32, 14, 14, 9, 9), (1, 4, 16, 4, 8, 64, 64, 23, 23),
+             (1, 2, 8, 1, 16, 5, 37, 7, 7), (2, 4, 16, 1, 32, 20, 20, 1, 1),
+             (1, 4, 16, 1, 128, 9, 33, 5, 5), (1, 4, 16, 4, 8, 40, 40, 23, 23)]
 
 
 def child_outputs(path: str) -> None:
@@ -103,17 +104,14 @@ def child_outputs(path: str) -> None:
     import torch
 
     from lambda_kernels import cpu_isa_levels, use_cpu_isa
+    from lambda_kernels.bench.op_shapes import op_inputs
     ops = torch.ops.lambda_kernels
     results = {}
     for level in [name for name, why_not in cpu_isa_levels().items() if why_not is None]:
         for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-            for i, (B, h, k, u, v, H, W, R) in enumerate(BIT_CASES):
-                g = torch.Generator().manual_seed(i)
-                q = torch.randn(B, h, k, H, W, generator=g).to(dtype)
-                keys = torch.randn(B, u, k, H, W, generator=g).to(dtype)
-                values = torch.randn(B, u, v, H, W, generator=g).to(dtype)
-                table = torch.randn(R, R, k, u, generator=g).to(dtype)
-                lam = torch.randn(B, k, v, generator=g).to(dtype)
+            for i, shape in enumerate(BIT_CASES):
+                q, keys, values, table, lam = op_inputs(shape, dtype, "cpu", seed=i)
+                g = torch.Generator().manual_seed(100 + i)
                 if i == 4:
                     q[0, 0, 0, 0, 0] = float("nan")
                 with use_cpu_isa(level):
