@@ -15,6 +15,7 @@ A sequence is an image of height 1: LambdaLayer1d runs the same op and kernels o
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -117,14 +118,29 @@ class _LambdaBase(nn.Module):
         # 1.2-1.6x faster than torch.matmul's (as fast at 14²/512 bf16), which folds the batch
         # into one GEMM on copies of x and of the gradient transposed to (B·N, ·)
         # (benchmarks/projection_gemm.py)
-        if not _is_fx_proxy(x) and weight.dtype == torch.float32 and \
-                torch.is_autocast_enabled(x.device.type):
-            # autocast casts bmm's operands: the weight before its expansion (one copy), not
-            # its B expanded copies (8×8/512, B=8: the product 0.47 → 0.33 ms)
-            weight = weight.to(torch.get_autocast_dtype(x.device.type))
-        out = torch.bmm(weight.expand(x.shape[0], -1, -1), x.flatten(2))
-        if bias is not None:
-            out = out.add_(bias.to(out.dtype).unsqueeze(1))
+        traced = _is_fx_proxy(x)  # FX proxies have no device or dtype to decide on
+        autocast = not traced and torch.is_autocast_enabled(x.device.type)
+        out_dtype = None if traced else torch.get_autocast_dtype(x.device.type) \
+            if autocast and weight.dtype == torch.float32 else weight.dtype
+        if not traced and x.device.type == "cpu" and not _CPU_NATIVE_GEMM.get(out_dtype, True):
+            # No bf16/fp16 GEMM in this CPU's oneDNN (AVX2 CPUs for bf16; every CPU without
+            # AVX512-FP16 or AMX-FP16 for fp16): ATen's fallback runs 30-100x slower than its
+            # fp32 GEMM (14²/512 B=2: the layer's bf16 step 7x our fp32 one on AVX2). The
+            # product runs in fp32 on the exact fp32 values of the operands, rounded once.
+            with torch.autocast(x.device.type, enabled=False) if autocast else \
+                    contextlib.nullcontext():
+                out = torch.bmm(weight.float().expand(x.shape[0], -1, -1), x.flatten(2).float())
+                if bias is not None:
+                    out = out.add_(bias.float().unsqueeze(1))
+            out = out.to(out_dtype)
+        else:
+            if autocast and weight.dtype == torch.float32:
+                # autocast casts bmm's operands: the weight before its expansion (one copy),
+                # not its B expanded copies (8×8/512, B=8: the product 0.47 → 0.33 ms)
+                weight = weight.to(out_dtype)
+            out = torch.bmm(weight.expand(x.shape[0], -1, -1), x.flatten(2))
+            if bias is not None:
+                out = out.add_(bias.to(out.dtype).unsqueeze(1))
         q, keys, values = out.unflatten(2, x.shape[2:]).split(sizes, dim=1)
         # A slice of the product is strided over the batch; CPU batch norms in training mode
         # take a slow strided path on it (bf16 3-6x, fp32 1.3x slower than on a contiguous
@@ -242,6 +258,24 @@ def _eval_batch_norm_affine(norm: nn.Module):
     if norm.bias is not None:
         shift = shift + norm.bias
     return scale, shift
+
+
+def _cpu_native_gemm() -> dict:
+    """{dtype: whether torch's CPU matrix products run it natively} for bf16 and fp16: oneDNN's
+    own check, which ATen's GEMM dispatch asks too (read once at import: the answer is the
+    CPU's, and reading it inside torch.compile would break the graph)."""
+    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported",
+              torch.float16: "_is_mkldnn_fp16_supported"}
+    native = {}
+    for dtype, name in checks.items():
+        try:
+            native[dtype] = bool(getattr(torch.ops.mkldnn, name)())
+        except (AttributeError, RuntimeError):  # a build without oneDNN, or an older torch
+            native[dtype] = True
+    return native
+
+
+_CPU_NATIVE_GEMM = _cpu_native_gemm()
 
 
 def _global_hooks() -> bool:

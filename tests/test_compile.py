@@ -70,3 +70,33 @@ def test_compiled_layer_raises_for_a_back_end_that_cannot_run():
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     with pytest.raises(Exception, match="backend 'cuda' cannot run"):
         compiled(torch.randn(1, 8, 5, 5))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "no-native"])
+@pytest.mark.parametrize("mode", ["bfloat16", "autocast"])
+def test_compiled_bf16_layer_fullgraph_matches_eager(monkeypatch, native, mode):
+    """bf16 and bf16 autocast compile to one graph on both routes of the projection GEMM
+    (bf16 where the CPU GEMM has it, fp32 with autocast off around it where it does not),
+    forward and backward equal to eager."""
+    from lambda_kernels import layer as layer_module
+
+    monkeypatch.setitem(layer_module._CPU_NATIVE_GEMM, torch.bfloat16, native)
+    layer = LambdaLayer(8, dim_k=4, r=5, heads=2, dim_u=2).eval()
+    if mode == "bfloat16":
+        layer = layer.to(torch.bfloat16)
+    x = torch.randn(2, 8, 6, 5, dtype=torch.bfloat16 if mode == "bfloat16" else torch.float32,
+                    requires_grad=True)
+
+    def run(module, inp):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "autocast"):
+            return module(inp)
+
+    assert _graph_breaks(lambda inp: run(layer, inp), x) == 0
+    compiled = torch.compile(lambda inp: run(layer, inp), fullgraph=True, backend="aot_eager")
+    y_eager, y_compiled = run(layer, x), compiled(x)
+    assert y_compiled.dtype == torch.bfloat16
+    torch.testing.assert_close(y_compiled, y_eager)
+    dy = torch.randn_like(y_eager)
+    (g_eager,) = torch.autograd.grad(y_eager, x, dy)
+    (g_compiled,) = torch.autograd.grad(y_compiled, x, dy)
+    torch.testing.assert_close(g_compiled, g_eager)

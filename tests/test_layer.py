@@ -388,6 +388,53 @@ def test_hooks_on_a_projection_still_fire_and_a_replaced_projection_runs():
     torch.testing.assert_close(layer(x), expected, rtol=2e-5, atol=2e-5)
 
 
+class _GemmDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The dtypes of the operands of every bmm run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "bmm":
+            self.dtypes.append((args[0].dtype, args[1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "no-native"])
+@pytest.mark.parametrize("mode", ["bfloat16", "float16", "autocast"])
+@pytest.mark.parametrize("train", [True, False])
+def test_reduced_precision_projection_runs_where_the_cpu_gemm_is_native(monkeypatch, native,
+                                                                        mode, train):
+    """The fused projection GEMM runs in bf16/fp16 where torch's CPU GEMM has that dtype
+    natively, and in fp32 (rounded once to the activations' dtype) where it does not (bf16 on
+    AVX2 CPUs). Both routes: the layer matches its float64 twin at the dtype's tolerance,
+    outputs, input and parameter gradients."""
+    from lambda_kernels import layer as layer_module
+
+    reduced = torch.float16 if mode == "float16" else torch.bfloat16
+    monkeypatch.setitem(layer_module._CPU_NATIVE_GEMM, reduced, native)
+    torch.manual_seed(5)
+    exact = _layer_of_rank(2, torch.float64, r=5).train(train)
+    layer = _layer_of_rank(2, torch.float32, r=5).train(train)
+    layer.load_state_dict(exact.state_dict())
+    if mode != "autocast":
+        layer = layer.to(reduced)
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64)
+    dy = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    want = _grads_and_buffers(exact, x, dy)
+    x_in = x.to(torch.float32 if mode == "autocast" else reduced)
+    with _GemmDtypes() as gemms, torch.autocast("cpu", dtype=reduced, enabled=mode == "autocast"):
+        got = _grads_and_buffers(layer, x_in, dy.to(reduced))
+    assert got["y"].dtype == reduced
+    forward_gemm = gemms.dtypes[0]
+    assert forward_gemm == ((reduced, reduced) if native else (torch.float32, torch.float32))
+    for name in ["y", "x.grad"] + [f"{n}.grad" for n, _ in exact.named_parameters()]:
+        scale = max(want[name].abs().max().item(), 1.0)
+        torch.testing.assert_close(got[name].double(), want[name], rtol=0, atol=3e-2 * scale,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_bfloat16_autocast_matches_lambda_networks(train):
     """Under CPU bf16 autocast (one bf16 GEMM with the folded weights in eval) against
