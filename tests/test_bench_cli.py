@@ -296,11 +296,21 @@ def test_target_against_another_case():
     rows = [_row("14x14/512 r=9", "lambda-cpu", fwdbwd=2.0),
             _row("14x14/512 r=9 bf16", "lambda-cpu", fwdbwd=1.0),
             _row("14x14/512 r=9 bf16", "lambda-networks", fwdbwd=2.5)]
-    got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2)}
-    fp32 = got["14x14/512 r=9 bf16 fwd+bwd speed-up vs our fp32 layer"]
-    assert fp32["measured"] == pytest.approx(2.0) and fp32["status"] == "pass"
-    upstream = got["14x14/512 r=9 bf16 fwd+bwd speed-up vs lambda-networks"]
-    assert upstream["measured"] == pytest.approx(2.5) and upstream["status"] == "fail"
+    name = "14x14/512 r=9 bf16 fwd+bwd speed-up vs our fp32 layer"
+    for flags, threshold in (({"avx2", "avx512f", "avx512_bf16"}, 1.8), ({"avx2"}, 0.8)):
+        got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2, flags)}
+        fp32 = got[name]
+        assert fp32["measured"] == pytest.approx(2.0) and fp32["status"] == "pass"
+        assert fp32["threshold"] == threshold
+        upstream = got["14x14/512 r=9 bf16 fwd+bwd speed-up vs lambda-networks"]
+        assert upstream["measured"] == pytest.approx(2.5) and upstream["status"] == "fail"
+    # 1.5x faster in bf16 passes without bf16 arithmetic and fails with it; 0.7x fails both
+    for fp32_time, statuses in ((1.5, ("fail", "pass")), (0.7, ("fail", "fail"))):
+        rows[0] = _row("14x14/512 r=9", "lambda-cpu", fwdbwd=fp32_time)
+        for flags, status in zip(({"avx512_bf16"}, set()), statuses):
+            got = {t["name"]: t for t in T.evaluate(T.LAYER_TARGETS, rows, cases, "cpu", 2,
+                                                    flags)}
+            assert got[name]["status"] == status, (fp32_time, flags)
 
 
 TRAIN_FAST = ["train", "--image-size", "64", "--batch", "2", "--repeats", "1", "--warmup", "0",
