@@ -12,7 +12,7 @@ Per level (LAMBDA_KERNELS_CPU_ISA forced through `lambda-bench --cpu-isa`, one p
     resnet   lambda-bench --preset resnet --providers lambda-cpu,lambda-reference,
              lambda-networks,conv3x3
     train    lambda-bench train, once in float32 and once with --dtype bfloat16 (autocast):
-             both in one file, the float32 tables first
+             both in one file, the float32 tables first (--train-dtypes to choose)
 Each .md starts with the run's conditions: machine, CPU model and vector flags, torch / triton /
 lambda_kernels versions, date, threads, the load average before and after every command (this
 is a shared-machine benchmark: a load above the core count means noisy absolute times; the
@@ -108,7 +108,7 @@ def commands(bench: str, level: str, args, stem: str) -> list[tuple[str, list[st
         return [("resnet", ["--preset", "resnet", "--providers", RESNET_PROVIDERS, *common])]
     train = ["train", "--batch", str(args.batch), "--image-size", str(args.image_size),
              "--providers", args.train_models, *common]
-    return [(dtype, [*train, "--dtype", dtype]) for dtype in ("float32", "bfloat16")]
+    return [(dtype, [*train, "--dtype", dtype]) for dtype in args.train_dtypes.split(",")]
 
 
 def header(level: str, bench: str, conditions: dict, runs: list[dict], label: str) -> str:
@@ -189,6 +189,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8, help="train: images per step (default 8)")
     p.add_argument("--image-size", type=int, default=256, help="train: image size (default 256)")
     p.add_argument("--train-models", default=TRAIN_MODELS, help="train: --providers")
+    p.add_argument("--train-dtypes", default="float32,bfloat16",
+                   help="train: --dtype of each run (default float32,bfloat16; on a CPU whose "
+                        "torch has no native bf16 GEMM, e.g. AVX2, its bf16 convolutions run "
+                        "a fallback 30-100x slower than fp32: float32 alone)")
     p.add_argument("--out-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     p.add_argument("--date", default=datetime.datetime.now(datetime.timezone.utc)
                    .strftime("%Y-%m-%d"), help="date in the file names (default: today, UTC)")

@@ -661,6 +661,11 @@ def test_cpu_levels_script_writes_one_labelled_file_per_level_and_bench(tmp_path
     md = open(tmp_path / f"cpu-{level}-targets-D.md").read()
     assert md.startswith(f"# CPU level {level}: targets (trial)")
     assert "load average" in md and "vector flags" in md and "### a case" in md
+    ran.clear()  # --train-dtypes: the train runs of those dtypes only
+    assert cpu_levels.main(["--levels", level, "--only", "train", "--train-dtypes", "float32",
+                            "--out-dir", str(tmp_path), "--date", "E"]) == 0
+    assert [a[a.index("--dtype") + 1] for a in ran] == ["float32"]
+    assert set(json.load(open(tmp_path / f"cpu-{level}-train-E.json"))) == {"meta", "float32"}
 
 
 def test_positional_kernel_fraction_is_per_pair_against_mm_timed_in_turn(fake_clock,
