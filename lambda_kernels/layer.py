@@ -122,7 +122,7 @@ class _LambdaBase(nn.Module):
         autocast = not traced and torch.is_autocast_enabled(x.device.type)
         out_dtype = None if traced else torch.get_autocast_dtype(x.device.type) \
             if autocast and weight.dtype == torch.float32 else weight.dtype
-        if not traced and x.device.type == "cpu" and not _CPU_NATIVE_GEMM.get(out_dtype, True):
+        if not traced and x.device.type == "cpu" and not cpu_gemm_is_native(out_dtype):
             # No bf16/fp16 GEMM in this CPU's oneDNN (AVX2 CPUs for bf16; every CPU without
             # AVX512-FP16 or AMX-FP16 for fp16): ATen's fallback runs 30-100x slower than its
             # fp32 GEMM (14²/512 B=2: the layer's bf16 step 7x our fp32 one on AVX2). The
@@ -276,6 +276,12 @@ def _cpu_native_gemm() -> dict:
 
 
 _CPU_NATIVE_GEMM = _cpu_native_gemm()
+
+
+def cpu_gemm_is_native(dtype: torch.dtype) -> bool:
+    """Whether torch's CPU GEMMs and convolutions run `dtype` natively on this CPU (every
+    dtype but bf16/fp16 does); where not, ATen's fallback is 30-100x slower than fp32."""
+    return _CPU_NATIVE_GEMM.get(dtype, True)
 
 
 def _global_hooks() -> bool:

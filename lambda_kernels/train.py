@@ -27,6 +27,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layer import cpu_gemm_is_native
 from .models import create_model, list_models
 from .training import at_least_float32, autocast, train_step
 
@@ -448,6 +450,11 @@ def run(args) -> list[dict]:
     dist, device = setup_distributed(args.device)
     log = print if dist.is_main else (lambda *a, **k: None)
     dtype = amp_dtype(args, device)
+    if dtype is not None and device.type == "cpu" and not cpu_gemm_is_native(dtype):
+        warnings.warn(f"--amp: torch has no native {str(dtype).replace('torch.', '')} GEMM or "
+                      "convolution on this CPU (oneDNN runs bf16 on AVX-512 and Arm BF16 "
+                      "CPUs): the model's convolutions run a fallback 30-100x slower than in "
+                      "float32; train without --amp here", RuntimeWarning, stacklevel=2)
     if args.sync_bn and dist.enabled and device.type != "cuda":
         raise ValueError("--sync-bn needs CUDA devices: torch synchronises batch norms (and lets "
                          "DDP wrap SyncBatchNorm) on GPUs only")

@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import tomllib
+import warnings
 
 import pytest
 import torch
@@ -67,9 +68,16 @@ def test_resumed_run_continues_the_same_loss_curve(tmp_path):
 
 
 def test_amp_channels_last_compile_and_backend(capsys):
-    history = _run([*TINY_MODEL, "--epochs", "1", "--batch-size", "32", "--val-fraction", "0.9",
-                    "--amp", "--channels-last", "--compile", "--compile-backend", "eager",
-                    "--backend", "cpu"])
+    """--amp on a CPU whose torch lacks native bf16 GEMMs (AVX2) warns that fp32 is faster."""
+    from lambda_kernels.layer import cpu_gemm_is_native
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = _run([*TINY_MODEL, "--epochs", "1", "--batch-size", "32", "--val-fraction",
+                        "0.9", "--amp", "--channels-last", "--compile", "--compile-backend",
+                        "eager", "--backend", "cpu"])
+    slow = [w for w in caught if "no native bfloat16 GEMM" in str(w.message)]
+    assert len(slow) == (0 if cpu_gemm_is_native(torch.bfloat16) else 1)
     out = capsys.readouterr().out
     assert "amp bfloat16" in out and "channels_last True" in out and "compile True" in out
     assert history[0]["train_loss"] == history[0]["train_loss"]  # finite, not NaN
