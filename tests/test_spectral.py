@@ -166,6 +166,31 @@ def test_same_bits_at_every_thread_count(level, dtype):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reused_buffers_leave_no_trace_and_stay_bounded(dtype):
+    """The spectral buffers come from a cache of freed blocks (csrc/cpu/buffer_cache.h): a
+    call's results do not depend on what earlier calls left in the blocks it reuses (the same
+    inputs after different calls give the same bits, and the reference's values), and the idle
+    blocks kept between calls stay within the cache's 32 MiB."""
+    sizes = (1, 4, 16, 4, 8, 40, 36, 23, 23)
+    first, second = _op_inputs(sizes, dtype, seed=1), _op_inputs(sizes, dtype, seed=2)
+    other = _op_inputs((1, 2, 8, 2, 12, 16, 16, 31, 31), dtype, seed=3)
+    _run("spectral", first)
+    after_first = _run("spectral", second)
+    assert _ops().cpu_buffer_cache_bytes() > 0  # the call's blocks went back to the cache
+    _run("spectral", other)
+    after_other = _run("spectral", second)
+    for name, a, b in zip(("y", "d_q", "d_values", "d_pos_table", "d_lam"), after_first,
+                          after_other):
+        assert torch.equal(a, b), name
+    for name, a, b in zip(("y", "d_q", "d_values", "d_pos_table", "d_lam"), after_first,
+                          _run("direct", second)):
+        scale = b.double().abs().max().item()
+        bound = (1e-4 if dtype == torch.float32 else 2e-2) * scale
+        assert (a.double() - b.double()).abs().max().item() <= bound, name
+    assert 0 < _ops().cpu_buffer_cache_bytes() <= 32 << 20
+
+
 def test_peak_memory_spectral_never_builds_positional_lambda():
     # λp (B, N, k, v) = 268 MB in float32; the spectral method holds one chunk of it (≤ 4 MiB)
     # and its spectra at a time, next to the call's table spectra (two operand forms, 11 MB

@@ -24,6 +24,7 @@
 #endif
 
 #include "../lambda_math.h"
+#include "buffer_cache.h"
 #include "isa.h"
 #include "positional_method.h"
 
