@@ -120,8 +120,8 @@ class _LambdaBase(nn.Module):
         # (benchmarks/projection_gemm.py)
         traced = _is_fx_proxy(x)  # FX proxies have no device or dtype to decide on
         autocast = not traced and torch.is_autocast_enabled(x.device.type)
-        out_dtype = None if traced else torch.get_autocast_dtype(x.device.type) \
-            if autocast and weight.dtype == torch.float32 else weight.dtype
+        cast_weight = autocast and weight.dtype == torch.float32
+        out_dtype = torch.get_autocast_dtype(x.device.type) if cast_weight else weight.dtype
         if not traced and x.device.type == "cpu" and not cpu_gemm_is_native(out_dtype):
             # No bf16/fp16 GEMM in this CPU's oneDNN (AVX2 CPUs for bf16; every CPU without
             # AVX512-FP16 or AMX-FP16 for fp16): ATen's fallback runs 30-100x slower than its
@@ -134,7 +134,7 @@ class _LambdaBase(nn.Module):
                     out = out.add_(bias.float().unsqueeze(1))
             out = out.to(out_dtype)
         else:
-            if autocast and weight.dtype == torch.float32:
+            if cast_weight:
                 # autocast casts bmm's operands: the weight before its expansion (one copy),
                 # not its B expanded copies (8×8/512, B=8: the product 0.47 → 0.33 ms)
                 weight = weight.to(out_dtype)

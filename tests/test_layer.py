@@ -305,12 +305,15 @@ def test_fused_projections_match_the_separate_modules(rank, train, dtype):
 
 
 class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The name of every ATen op run under it, and the dtypes of its tensor arguments."""
+
     def __init__(self):
         super().__init__()
-        self.names = []
+        self.names, self.dtypes = [], []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.append(func.overloadpacket.__name__)
+        self.dtypes.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
         return func(*args, **(kwargs or {}))
 
 
@@ -388,19 +391,6 @@ def test_hooks_on_a_projection_still_fire_and_a_replaced_projection_runs():
     torch.testing.assert_close(layer(x), expected, rtol=2e-5, atol=2e-5)
 
 
-class _GemmDtypes(torch.utils._python_dispatch.TorchDispatchMode):
-    """The dtypes of the operands of every bmm run under it."""
-
-    def __init__(self):
-        super().__init__()
-        self.dtypes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ == "bmm":
-            self.dtypes.append((args[0].dtype, args[1].dtype))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("native", [True, False], ids=["native", "no-native"])
 @pytest.mark.parametrize("mode", ["bfloat16", "float16", "autocast"])
 @pytest.mark.parametrize("train", [True, False])
@@ -424,10 +414,10 @@ def test_reduced_precision_projection_runs_where_the_cpu_gemm_is_native(monkeypa
     dy = torch.randn(2, 4, 7, 5, dtype=torch.float64)
     want = _grads_and_buffers(exact, x, dy)
     x_in = x.to(torch.float32 if mode == "autocast" else reduced)
-    with _GemmDtypes() as gemms, torch.autocast("cpu", dtype=reduced, enabled=mode == "autocast"):
+    with _CountOps() as ops, torch.autocast("cpu", dtype=reduced, enabled=mode == "autocast"):
         got = _grads_and_buffers(layer, x_in, dy.to(reduced))
     assert got["y"].dtype == reduced
-    forward_gemm = gemms.dtypes[0]
+    forward_gemm = next(d for n, d in zip(ops.names, ops.dtypes) if n == "bmm")
     assert forward_gemm == ((reduced, reduced) if native else (torch.float32, torch.float32))
     for name in ["y", "x.grad"] + [f"{n}.grad" for n, _ in exact.named_parameters()]:
         scale = max(want[name].abs().max().item(), 1.0)

@@ -43,16 +43,16 @@ class BufferCache {
   }
 
   void release(void* ptr, size_t bytes) {
+    if (bytes > kMaxCachedBytes) {  // never kept: freed without emptying the cache for it
+      c10::free_cpu(ptr);
+      return;
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     // keep the newest blocks: drop the oldest ones that no longer fit
     while (!idle_.empty() && idle_held_ + bytes > kMaxCachedBytes) {
       c10::free_cpu(idle_.front().ptr);
       idle_held_ -= idle_.front().bytes;
       idle_.erase(idle_.begin());
-    }
-    if (bytes > kMaxCachedBytes) {
-      c10::free_cpu(ptr);
-      return;
     }
     idle_.push_back({ptr, bytes});
     idle_held_ += bytes;
