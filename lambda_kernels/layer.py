@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ._cpu_gemm import cpu_gemm_is_native
 from .functional import (lambda_op, lambda_op3d, run_backend, run_backend3d, select,
                          validate_inputs, validate_inputs3d)
 
@@ -258,30 +259,6 @@ def _eval_batch_norm_affine(norm: nn.Module):
     if norm.bias is not None:
         shift = shift + norm.bias
     return scale, shift
-
-
-def _cpu_native_gemm() -> dict:
-    """{dtype: whether torch's CPU matrix products run it natively} for bf16 and fp16: oneDNN's
-    own check, which ATen's GEMM dispatch asks too (read once at import: the answer is the
-    CPU's, and reading it inside torch.compile would break the graph)."""
-    checks = {torch.bfloat16: "_is_mkldnn_bf16_supported",
-              torch.float16: "_is_mkldnn_fp16_supported"}
-    native = {}
-    for dtype, name in checks.items():
-        try:
-            native[dtype] = bool(getattr(torch.ops.mkldnn, name)())
-        except (AttributeError, RuntimeError):  # a build without oneDNN, or an older torch
-            native[dtype] = True
-    return native
-
-
-_CPU_NATIVE_GEMM = _cpu_native_gemm()
-
-
-def cpu_gemm_is_native(dtype: torch.dtype) -> bool:
-    """Whether torch's CPU GEMMs and convolutions run `dtype` natively on this CPU (every
-    dtype but bf16/fp16 does); where not, ATen's fallback is 30-100x slower than fp32."""
-    return _CPU_NATIVE_GEMM.get(dtype, True)
 
 
 def _global_hooks() -> bool:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layer import cpu_gemm_is_native
+from ._cpu_gemm import cpu_gemm_is_native
 from .models import create_model, list_models
 from .training import at_least_float32, autocast, train_step
 

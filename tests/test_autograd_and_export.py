@@ -107,6 +107,50 @@ def test_layer_jvp_hvp_and_forward_ad_equal_the_reference(context):
     assert _rel(*duals) < 1e-10
 
 
+class _ProductDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """The operand dtypes of every matrix product (bmm, mm) run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.dtypes = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in ("bmm", "mm"):
+            self.dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+@needs_cpu
+@pytest.mark.parametrize("native", [True, False], ids=["native", "no-native"])
+def test_bf16_penalty_and_jvp_of_the_input_match_float64_on_both_gemm_routes(monkeypatch,
+                                                                             native):
+    """A bf16 layer's gradient penalty and jvp with respect to the input alone: the table and Λ
+    get no gradient or tangent of their own, so the derivative formulas' content terms (q·Λ,
+    dy·Λᵀ) run as einsums — in bf16 where the CPU has a bf16 GEMM, in fp32 where it does not
+    (AVX2: ATen's bf16 fallback is 3-9x slower). Both routes against the float64 twin."""
+    from lambda_kernels import _cpu_gemm
+
+    monkeypatch.setitem(_cpu_gemm._CPU_NATIVE_GEMM, torch.bfloat16, native)
+    fused, reference = _twins("cpu", r=5)
+    fused = fused.to(torch.bfloat16)
+    x = torch.randn(2, 8, 6, 7, dtype=torch.float64)
+    t = torch.randn_like(x)
+    results = []
+    for layer, dtype in ((fused, torch.bfloat16), (reference, torch.float64)):
+        xx = x.to(dtype).requires_grad_()
+        with _ProductDtypes() as products:
+            g, = torch.autograd.grad(layer(xx).float().square().sum(), xx, create_graph=True)
+            penalty, = torch.autograd.grad(g.float().square().sum(), xx)
+            jvp = torch.func.jvp(layer, (x.to(dtype),), (t.to(dtype),))[1]
+        results.append((penalty.double(), jvp.double()))
+        if dtype == torch.bfloat16:
+            # (the content lambda's own derivatives run in fp32 on every CPU)
+            assert (torch.bfloat16 in products.dtypes) == native, products.dtypes
+    for got, expected in zip(*results):
+        assert expected.norm() > 0
+        assert _rel(got, expected) < 1.5e-2  # bf16 rounding gives 0.5-0.6% here
+
+
 @needs_cpu
 def test_op_on_plain_tensors_under_func_transforms_and_no_grad():
     """lambda_op skips the autograd.Function when nothing needs derivatives; inputs that do not

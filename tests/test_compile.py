@@ -78,9 +78,9 @@ def test_compiled_bf16_layer_fullgraph_matches_eager(monkeypatch, native, mode):
     """bf16 and bf16 autocast compile to one graph on both routes of the projection GEMM
     (bf16 where the CPU GEMM has it, fp32 with autocast off around it where it does not),
     forward and backward equal to eager."""
-    from lambda_kernels import layer as layer_module
+    from lambda_kernels import _cpu_gemm
 
-    monkeypatch.setitem(layer_module._CPU_NATIVE_GEMM, torch.bfloat16, native)
+    monkeypatch.setitem(_cpu_gemm._CPU_NATIVE_GEMM, torch.bfloat16, native)
     layer = LambdaLayer(8, dim_k=4, r=5, heads=2, dim_u=2).eval()
     if mode == "bfloat16":
         layer = layer.to(torch.bfloat16)

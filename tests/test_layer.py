@@ -400,10 +400,10 @@ def test_reduced_precision_projection_runs_where_the_cpu_gemm_is_native(monkeypa
     natively, and in fp32 (rounded once to the activations' dtype) where it does not (bf16 on
     AVX2 CPUs). Both routes: the layer matches its float64 twin at the dtype's tolerance,
     outputs, input and parameter gradients."""
-    from lambda_kernels import layer as layer_module
+    from lambda_kernels import _cpu_gemm
 
     reduced = torch.float16 if mode == "float16" else torch.bfloat16
-    monkeypatch.setitem(layer_module._CPU_NATIVE_GEMM, reduced, native)
+    monkeypatch.setitem(_cpu_gemm._CPU_NATIVE_GEMM, reduced, native)
     torch.manual_seed(5)
     exact = _layer_of_rank(2, torch.float64, r=5).train(train)
     layer = _layer_of_rank(2, torch.float32, r=5).train(train)

@@ -69,7 +69,7 @@ def test_resumed_run_continues_the_same_loss_curve(tmp_path):
 
 def test_amp_channels_last_compile_and_backend(capsys):
     """--amp on a CPU whose torch lacks native bf16 GEMMs (AVX2) warns that fp32 is faster."""
-    from lambda_kernels.layer import cpu_gemm_is_native
+    from lambda_kernels._cpu_gemm import cpu_gemm_is_native
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
