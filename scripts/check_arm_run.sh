@@ -32,10 +32,11 @@ root=$work/root
 site=$work/site-packages
 if [ "${1:-}" = "--setup" ]; then
   # 1. qemu-user and the cross compiler
-  if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null; then
-    echo "+ apt-get install -y qemu-user g++-aarch64-linux-gnu"
+  if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null ||
+     [ ! -e /usr/lib/binfmt.d/qemu-aarch64.conf ]; then
+    echo "+ apt-get install -y qemu-user qemu-user-binfmt g++-aarch64-linux-gnu"
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq qemu-user g++-aarch64-linux-gnu >/dev/null
+    $SUDO apt-get install -y -qq qemu-user qemu-user-binfmt g++-aarch64-linux-gnu >/dev/null
   fi
 
   # 2. an arm64 Python (Debian's, the same version as the host distribution's) in a private root
