@@ -4,8 +4,9 @@ dtype a small product of the layer (outside the fused kernels) should run in.
 torch's CPU GEMM (oneDNN) has bf16 only with AVX-512 BF16 / AMX / Arm BF16 and fp16 only with
 AVX512-FP16 / AMX-FP16; elsewhere ATen falls back to a scalar loop 30-100x slower than its fp32
 GEMM ((112×32)·(32×4096) bf16 on an AVX2 Zen 3: 94 ms against 0.9 ms in fp32). There the
-product runs in fp32 on the operands' exact values and is rounded once (docs/design.md,
-"Projection GEMM dtype"): the same accumulation as the native route, at fp32 speed.
+product runs in fp32 on the operands' exact values and is rounded once (docs/design.md, "CPU:
+instruction-set dispatch"): the same accumulation as the native route, at fp32 speed. The layer's
+projection GEMM and the derivative formulas' content terms ask `product_dtype`.
 """
 from __future__ import annotations
 

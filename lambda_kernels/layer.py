@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._cpu_gemm import cpu_gemm_is_native
+from ._cpu_gemm import product_dtype
 from .functional import (lambda_op, lambda_op3d, run_backend, run_backend3d, select,
                          validate_inputs, validate_inputs3d)
 
@@ -123,7 +123,7 @@ class _LambdaBase(nn.Module):
         autocast = not traced and torch.is_autocast_enabled(x.device.type)
         cast_weight = autocast and weight.dtype == torch.float32
         out_dtype = torch.get_autocast_dtype(x.device.type) if cast_weight else weight.dtype
-        if not traced and x.device.type == "cpu" and not cpu_gemm_is_native(out_dtype):
+        if not traced and product_dtype(x.device, out_dtype) != out_dtype:
             # No bf16/fp16 GEMM in this CPU's oneDNN (AVX2 CPUs for bf16; every CPU without
             # AVX512-FP16 or AMX-FP16 for fp16): ATen's fallback runs 30-100x slower than its
             # fp32 GEMM (14²/512 B=2: the layer's bf16 step 7x our fp32 one on AVX2). The
