@@ -72,9 +72,53 @@ def cuda_arch_list() -> str:
     return os.environ.get("LAMBDA_KERNELS_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
 
 
-def sources(root: str, with_cuda: bool) -> list[str]:
+# The x86-64 levels above avx2, each one translation unit (csrc/cpu/isa_<level>.cpp), and the
+# /proc/cpuinfo flags a CPU needs to run it (its own and those of the levels below).
+OPTIONAL_X86_LEVELS = {
+    "avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
+    "avx512_bf16": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"),
+    "amx": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16",
+            "amx_tile", "amx_bf16"),
+}
+
+
+def omitted_levels_for_this_cpu() -> list[str]:
+    """The optional x86-64 levels a JIT build leaves out: those this CPU cannot run (from
+    /proc/cpuinfo). A JIT build serves the machine it runs on, and those levels are the slowest
+    to compile (on an AVX2 CPU, three of the five levels: the first build takes half the time);
+    baseline and avx2 are always compiled, so lower levels can still be forced.
+    LAMBDA_KERNELS_JIT_LEVELS=all compiles every level; so does a machine whose flags cannot be
+    read (not Linux) or that is not x86-64. The installed (setup.py) build compiles every level."""
+    import platform
+
+    if os.environ.get("LAMBDA_KERNELS_JIT_LEVELS", "cpu").lower() == "all":
+        return []
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return []
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh
+                          if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    return levels_lacking(flags) if flags else []
+
+
+def levels_lacking(flags: set[str]) -> list[str]:
+    """The optional x86-64 levels a CPU with these /proc/cpuinfo flags cannot run."""
+    return [level for level, needs in OPTIONAL_X86_LEVELS.items() if not flags.issuperset(needs)]
+
+
+def level_macros(omitted: list[str]) -> list[str]:
+    """-D flags telling csrc/cpu/isa_dispatch.cpp which optional levels are not compiled."""
+    return [f"-DLK_WITHOUT_{level.upper()}" for level in omitted]
+
+
+def sources(root: str, with_cuda: bool, omitted_levels: list[str] = ()) -> list[str]:
     csrc = os.path.join(root, "csrc")
-    files = [os.path.join(csrc, "ops.cpp")] + sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp")))
+    skip = {os.path.join(csrc, "cpu", f"isa_{level}.cpp") for level in omitted_levels}
+    files = [os.path.join(csrc, "ops.cpp")] + [
+        f for f in sorted(glob.glob(os.path.join(csrc, "cpu", "*.cpp"))) if f not in skip]
     if with_cuda:
         files += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
     return files

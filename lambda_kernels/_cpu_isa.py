@@ -50,8 +50,8 @@ def set_cpu_isa(level: str) -> str:
     CPU lacks it."""
     levels = cpu_isa_levels()
     if level not in levels:
-        raise ValueError(f"level must be one of {list(levels)} (compiled for this "
-                         f"architecture), got {level!r}")
+        raise ValueError(f"level must be one of {list(levels)} (the levels compiled into "
+                         f"this build), got {level!r}")
     if levels[level] is not None:
         raise ValueError(f"cannot use the {level!r} CPU kernels: {levels[level]}")
     return _ops().set_cpu_isa(level)

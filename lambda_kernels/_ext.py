@@ -6,6 +6,7 @@ every later call answers at once). Importing this module never builds anything.
 Knobs:
   LAMBDA_KERNELS_JIT=0          never JIT-build; a missing _C stays missing
   LAMBDA_KERNELS_BUILD_DIR      where the JIT build goes (default ~/.cache/lambda_kernels/<key>)
+  LAMBDA_KERNELS_JIT_LEVELS=all the JIT build compiles every CPU level, not only this CPU's
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def _jit_build() -> None:
         raise RuntimeError("sources (csrc/) are not shipped with this install; reinstall from source")
     # A JIT build compiles CUDA only when asked (LAMBDA_KERNELS_WITH_CUDA=1): nvcc takes minutes.
     with_cuda, _ = _build_config.cuda_wanted(default="0")
-    sources = _build_config.sources(_PACKAGE_ROOT, with_cuda)
-    digest = hashlib.sha1()
+    omitted = _build_config.omitted_levels_for_this_cpu()
+    sources = _build_config.sources(_PACKAGE_ROOT, with_cuda, omitted)
+    digest = hashlib.sha1(" ".join(omitted).encode())  # a cache shared by other CPUs: own key
     for path in sources + sorted(
         os.path.join(d, f) for d, _, fs in os.walk(os.path.join(_PACKAGE_ROOT, "csrc")) for f in fs
     ):
@@ -47,15 +49,17 @@ def _jit_build() -> None:
         os.path.expanduser("~"), ".cache", "lambda_kernels", digest.hexdigest()[:16]
     )
     os.makedirs(build_dir, exist_ok=True)
+    leaving_out = (f"; leaving out the CPU levels this CPU lacks: {', '.join(omitted)} "
+                   "(LAMBDA_KERNELS_JIT_LEVELS=all builds them)" if omitted else "")
     print(f"lambda_kernels: compiled kernels not installed; JIT-building them in {build_dir} "
-          "(once, ~1 min)", file=sys.stderr)
+          f"(once, a few minutes){leaving_out}", file=sys.stderr)
     if with_cuda:
         _build_config.set_cuda_home_from_nvcc()
     cpp_extension.load(
         name="lambda_kernels_jit",
         sources=sources,
         extra_include_paths=_build_config.include_dirs(_PACKAGE_ROOT, with_cuda),
-        extra_cflags=_build_config.cxx_flags(),
+        extra_cflags=_build_config.cxx_flags() + _build_config.level_macros(omitted),
         extra_cuda_cflags=_build_config.nvcc_flags() if with_cuda else None,
         build_directory=build_dir,
         is_python_module=False,

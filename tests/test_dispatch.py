@@ -102,20 +102,61 @@ def test_missing_extension_without_jit_falls_back_to_reference():
 
 
 def test_missing_extension_is_jit_built_on_first_use(tmp_path):
+    """The JIT build compiles the CPU levels this CPU runs (and baseline, avx2), runs the best
+    of them, and names the rest as not compiled."""
     result = _run_python("""
         import sys
         sys.modules["lambda_kernels._C"] = None
         import torch, lambda_kernels, lambda_kernels._ext
         from harness import make_inputs
+        from lambda_kernels import _build_config
         print("REASON", lambda_kernels._ext.load())
+        print("LEVELS", ",".join(lambda_kernels.cpu_isa_levels()))
+        print("OMITTED", ",".join(_build_config.omitted_levels_for_this_cpu()))
+        print("ACTIVE", lambda_kernels.cpu_isa())
+        for level in _build_config.omitted_levels_for_this_cpu():
+            print("REFUSED", torch.ops.lambda_kernels.cpu_isa_unsupported(level))
         inputs = make_inputs(dtype=torch.float64)
         keys, values = inputs[1], inputs[2]
         lam, lse = torch.ops.lambda_kernels.content_lambda(keys, values)
         ref = lambda_kernels.reference.content_lambda(keys, values)
         print("MAXERR", float((lam - ref).abs().max()))
+        out = lambda_kernels.lambda_op(*inputs, backend="cpu")
+        print("OPERR", float((out - lambda_kernels.reference.lambda_reference(*inputs)).abs().max()))
     """, LAMBDA_KERNELS_BUILD_DIR=str(tmp_path), PYTHONPATH=os.path.join(REPO, "tests"),
         LAMBDA_KERNELS_WITH_CUDA="0")
     assert result.returncode == 0, result.stderr
     assert "JIT-building" in result.stderr
     assert "REASON None" in result.stdout
-    assert float(result.stdout.split("MAXERR")[1]) < 1e-12
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
+    levels = lines["LEVELS"].split(",")
+    omitted = [level for level in lines.get("OMITTED", "").split(",") if level]
+    x86 = ["baseline", "avx2", "avx512", "avx512_bf16", "amx"]
+    if levels[0] == "baseline":
+        assert levels == [level for level in x86 if level not in omitted]
+        assert lines["ACTIVE"] == levels[-1] or "amx" in levels  # amx: the OS may refuse it
+    if omitted:
+        assert "leaving out the CPU levels this CPU lacks" in result.stderr
+        assert "REFUSED this CPU lacks" in result.stdout
+    assert float(lines["MAXERR"]) < 1e-12 and float(lines["OPERR"]) < 1e-10
+
+
+@pytest.mark.parametrize("flags, omitted", [
+    ({"sse2", "avx", "avx2", "fma"}, ["avx512", "avx512_bf16", "amx"]),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}, ["avx512_bf16", "amx"]),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}, ["amx"]),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile",
+      "amx_bf16"}, []),
+    ({"avx2", "fma", "avx512f", "avx512bw", "avx512vl"}, ["avx512", "avx512_bf16", "amx"]),
+])
+def test_jit_build_leaves_out_the_levels_a_cpu_lacks(flags, omitted, monkeypatch):
+    from lambda_kernels import _build_config
+    assert _build_config.levels_lacking(flags) == omitted
+    sources = _build_config.sources(REPO, False, omitted)
+    names = {os.path.basename(f) for f in sources}
+    assert {"isa_baseline.cpp", "isa_avx2.cpp", "isa_dispatch.cpp", "ops.cpp"} <= names
+    assert all((f"isa_{level}.cpp" in names) == (level not in omitted)
+               for level in _build_config.OPTIONAL_X86_LEVELS)
+    assert _build_config.level_macros(omitted) == [f"-DLK_WITHOUT_{lv.upper()}" for lv in omitted]
+    monkeypatch.setenv("LAMBDA_KERNELS_JIT_LEVELS", "all")
+    assert _build_config.omitted_levels_for_this_cpu() == []

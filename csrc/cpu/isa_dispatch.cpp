@@ -11,6 +11,7 @@
 //   set_cpu_isa(str) -> str               make a level active; returns the previous one
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -41,9 +42,21 @@ const char* isa_name(CpuIsa isa) {
   return "unknown";
 }
 
+// A JIT build leaves out the optional x86-64 levels its CPU cannot run (LK_WITHOUT_<LEVEL>,
+// lambda_kernels/_build_config.py: omitted_levels_for_this_cpu); the installed build has all.
 std::vector<CpuIsa> compiled_isas() {
 #if defined(__x86_64__) || defined(_M_X64)
-  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx};
+  return {CpuIsa::kBaseline, CpuIsa::kAvx2,
+#if !defined(LK_WITHOUT_AVX512)
+          CpuIsa::kAvx512,
+#endif
+#if !defined(LK_WITHOUT_AVX512_BF16)
+          CpuIsa::kAvx512Bf16,
+#endif
+#if !defined(LK_WITHOUT_AMX)
+          CpuIsa::kAmx,
+#endif
+  };
 #elif defined(__aarch64__)
   return {CpuIsa::kNeon};
 #else
@@ -76,7 +89,10 @@ std::string request_amx_permission() {
 }  // namespace
 #endif
 
-std::string isa_unsupported_reason(CpuIsa isa) {
+namespace {
+
+// Empty when this CPU (and OS) can run `isa`, else the missing features.
+std::string hardware_reason(CpuIsa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
   std::string missing;
@@ -87,7 +103,7 @@ std::string isa_unsupported_reason(CpuIsa isa) {
     case CpuIsa::kBaseline:
       break;
     case CpuIsa::kAmx: {
-      const std::string below = isa_unsupported_reason(CpuIsa::kAvx512Bf16);
+      const std::string below = hardware_reason(CpuIsa::kAvx512Bf16);
       need(__builtin_cpu_supports("amx-tile"), "amx_tile");
       need(__builtin_cpu_supports("amx-bf16"), "amx_bf16");
       if (!below.empty() || !missing.empty()) {
@@ -117,6 +133,20 @@ std::string isa_unsupported_reason(CpuIsa isa) {
 #else
   return isa == CpuIsa::kNeon ? "" : std::string(isa_name(isa)) + " is an x86-64 level; this is an aarch64 build";
 #endif
+}
+
+}  // namespace
+
+std::string isa_unsupported_reason(CpuIsa isa) {
+  std::string reason = hardware_reason(isa);
+  if (reason.empty()) {
+    const std::vector<CpuIsa> levels = compiled_isas();
+    if (std::find(levels.begin(), levels.end(), isa) == levels.end())
+      reason = std::string("the ") + isa_name(isa) +
+               " kernels are not compiled into this build (a JIT build compiles the levels of "
+               "the CPU it ran on; LAMBDA_KERNELS_JIT_LEVELS=all compiles every level)";
+  }
+  return reason;
 }
 
 namespace {
@@ -171,9 +201,15 @@ const CpuKernels& active_kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
     case CpuIsa::kBaseline: return kernels_baseline();
     case CpuIsa::kAvx2: return kernels_avx2();
+#if !defined(LK_WITHOUT_AVX512)
     case CpuIsa::kAvx512: return kernels_avx512();
+#endif
+#if !defined(LK_WITHOUT_AVX512_BF16)
     case CpuIsa::kAvx512Bf16: return kernels_avx512_bf16();
+#endif
+#if !defined(LK_WITHOUT_AMX)
     case CpuIsa::kAmx: return kernels_amx();
+#endif
 #endif
 #if defined(__aarch64__)
     case CpuIsa::kNeon: return kernels_neon();
