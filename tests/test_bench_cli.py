@@ -213,6 +213,8 @@ def test_shape_flags_override_every_case():
     assert c.r is None and c.n == 9 and c.dim_out == 6 and c.dim == 8
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["--r", "3", "--n", "8"])
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--mm-size", "0"])
 
 
 def test_list_runs():
@@ -243,12 +245,12 @@ def test_targets_preset_on_tiny_shapes(capsys):
     than the targets' own, every target says it is not comparable."""
     res = cli.run_cli(["--preset", "targets", "--size", "8", "--dim", "8", "--dim-k", "4",
                        "--device", "cpu", "--no-memory", "--threads", "1", "--repeats", "2",
-                       "--warmup", "0", "--no-progress"])
+                       "--warmup", "0", "--no-progress", "--mm-size", "96"])
     rows = {(r["case"], r["provider"]): r for r in res["results"]}
     assert {p for _, p in rows} == {"lambda-cpu", "lambda-networks"}
     if rows[("seed-local", "lambda-cpu")]["status"] == "ok":
         kernel = rows[("seed-local", "lambda-cpu")]["kernel"]
-        assert kernel["backend"] == "cpu" and kernel["useful_flop"] > 0
+        assert kernel["backend"] == "cpu" and kernel["useful_flop"] > 0 and kernel["mm_size"] == 96
         assert 0 < kernel["frac_peak_fwd"] and 0 < kernel["frac_peak_fwdbwd"]
         bf16 = rows[("seed-local bf16", "lambda-cpu")]["kernel"]
         assert bf16["mm_dtypes"] == ["float32", "bfloat16"] and bf16["frac_mm_bfloat16_fwd"] > 0

@@ -48,6 +48,13 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected a comma list of integers, got {text!r}")
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def _size(text: str):
     try:
         return S.parse_size(text)
@@ -121,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--kernel-rate", action="store_true",
                    help="also time the positional kernel alone (on by default in --preset "
                         "targets): useful FLOP/s vs torch.mm")
+    m.add_argument("--mm-size", type=_positive_int, metavar="N",
+                   help="side of the square torch.mm the kernel rate is compared with "
+                        "(default 1024 on CPU, 4096 on CUDA; smaller for a quick look: a CPU "
+                        "without a native bf16 GEMM takes seconds per 1024^3 bf16 mm)")
     return p
 
 
@@ -362,7 +373,7 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
                    max_time=args.max_time if args.max_time is not None else preset.max_time,
                    memory=not args.no_memory, mem_jobs=args.mem_jobs,
                    peak_flops=peak["flops_per_s"], check_errors=not args.no_check,
-                   kernel_rate=args.kernel_rate or preset.kernel_rate)
+                   kernel_rate=args.kernel_rate or preset.kernel_rate, mm_size=args.mm_size)
     steps = len(cases) * len(names)
     if opts.memory and device.type == "cpu":
         steps *= 2  # upper bound; memory only for rows that ran

@@ -33,6 +33,7 @@ class Options:
     peak_flops: float = float("nan")
     check_errors: bool = True
     kernel_rate: bool = False      # time the positional kernel alone (fused back ends)
+    mm_size: Optional[int] = None  # the torch.mm the kernel rate compares with (None: default)
     threads: int = field(default_factory=torch.get_num_threads)
 
 
@@ -242,7 +243,8 @@ def add_kernel_rate(entry: Entry, case: Case, opts: Options) -> None:
     try:
         row["kernel"] = positional_kernel_rate(kernel, case, opts.device, warmup=opts.warmup,
                                                repeats=opts.repeats, max_time=opts.max_time,
-                                               peak_flops=opts.peak_flops)
+                                               peak_flops=opts.peak_flops,
+                                               mm_size=opts.mm_size)
     except Exception as exc:
         add_note(row, f"kernel timing failed: {short_error(exc)}")
     free_memory(opts.device)
