@@ -91,7 +91,11 @@ def omitted_levels_for_this_cpu() -> list[str]:
     read (not Linux) or that is not x86-64. The installed (setup.py) build compiles every level."""
     import platform
 
-    if os.environ.get("LAMBDA_KERNELS_JIT_LEVELS", "cpu").lower() == "all":
+    choice = os.environ.get("LAMBDA_KERNELS_JIT_LEVELS", "cpu").lower()
+    if choice not in ("cpu", "all"):
+        raise ValueError(f"LAMBDA_KERNELS_JIT_LEVELS must be 'cpu' (the levels this CPU runs, "
+                         f"the default) or 'all', got {choice!r}")
+    if choice == "all":
         return []
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return []

@@ -161,7 +161,9 @@ def test_cpu_isa_switches_the_running_level_and_refuses_one_this_cpu_lacks(monke
 
     if lambda_kernels.available_backends("cpu")["cpu"] is not None:
         pytest.skip("cpu back end unavailable")
-    monkeypatch.delenv(cli.ENV_CPU_ISA, raising=False)
+    # set, then removed: monkeypatch restores the variable's absence, which apply_cpu_isa changes
+    monkeypatch.setenv(cli.ENV_CPU_ISA, "")
+    monkeypatch.delenv(cli.ENV_CPU_ISA)
     levels = lambda_kernels.cpu_isa_levels()
     before = lambda_kernels.cpu_isa()
     try:

@@ -74,7 +74,8 @@ def test_registry_rejects_backend_without_implementation():
 
 
 def _run_python(code, **env):
-    full_env = {**os.environ, **env}
+    """Run `code` in a fresh interpreter with os.environ updated by `env` (None: unset)."""
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=900)
 
@@ -124,7 +125,7 @@ def test_missing_extension_is_jit_built_on_first_use(tmp_path):
         out = lambda_kernels.lambda_op(*inputs, backend="cpu")
         print("OPERR", float((out - lambda_kernels.reference.lambda_reference(*inputs)).abs().max()))
     """, LAMBDA_KERNELS_BUILD_DIR=str(tmp_path), PYTHONPATH=os.path.join(REPO, "tests"),
-        LAMBDA_KERNELS_WITH_CUDA="0")
+        LAMBDA_KERNELS_WITH_CUDA="0", LAMBDA_KERNELS_CPU_ISA=None)
     assert result.returncode == 0, result.stderr
     assert "JIT-building" in result.stderr
     assert "REASON None" in result.stdout
@@ -160,3 +161,6 @@ def test_jit_build_leaves_out_the_levels_a_cpu_lacks(flags, omitted, monkeypatch
     assert _build_config.level_macros(omitted) == [f"-DLK_WITHOUT_{lv.upper()}" for lv in omitted]
     monkeypatch.setenv("LAMBDA_KERNELS_JIT_LEVELS", "all")
     assert _build_config.omitted_levels_for_this_cpu() == []
+    monkeypatch.setenv("LAMBDA_KERNELS_JIT_LEVELS", "avx2")
+    with pytest.raises(ValueError, match="LAMBDA_KERNELS_JIT_LEVELS must be 'cpu'.*got 'avx2'"):
+        _build_config.omitted_levels_for_this_cpu()
