@@ -72,14 +72,28 @@ def cuda_arch_list() -> str:
     return os.environ.get("LAMBDA_KERNELS_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
 
 
-# The x86-64 levels above avx2, each one translation unit (csrc/cpu/isa_<level>.cpp), and the
-# /proc/cpuinfo flags a CPU needs to run it (its own and those of the levels below).
+# The x86-64 levels above avx2, lowest first, each one translation unit
+# (csrc/cpu/isa_<level>.cpp), with the /proc/cpuinfo flags it needs beyond the level before it
+# (avx2 + fma below avx512): the rule isa_dispatch.cpp checks through cpuid at run time, read
+# here from the flags because a JIT build decides before the extension exists.
 OPTIONAL_X86_LEVELS = {
     "avx512": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
-    "avx512_bf16": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"),
-    "amx": ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16",
-            "amx_tile", "amx_bf16"),
+    "avx512_bf16": ("avx512_bf16",),
+    "amx": ("amx_tile", "amx_bf16"),
 }
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's flags (/proc/cpuinfo 'flags', or 'Features' on Arm; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
 
 
 def omitted_levels_for_this_cpu() -> list[str]:
@@ -95,22 +109,22 @@ def omitted_levels_for_this_cpu() -> list[str]:
     if choice not in ("cpu", "all"):
         raise ValueError(f"LAMBDA_KERNELS_JIT_LEVELS must be 'cpu' (the levels this CPU runs, "
                          f"the default) or 'all', got {choice!r}")
-    if choice == "all":
+    if choice == "all" or platform.machine().lower() not in ("x86_64", "amd64"):
         return []
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return []
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next((set(line.split(":", 1)[1].split()) for line in fh
-                          if line.startswith("flags")), None)
-    except OSError:
-        flags = None
+    flags = cpu_flags()
     return levels_lacking(flags) if flags else []
 
 
 def levels_lacking(flags: set[str]) -> list[str]:
-    """The optional x86-64 levels a CPU with these /proc/cpuinfo flags cannot run."""
-    return [level for level, needs in OPTIONAL_X86_LEVELS.items() if not flags.issuperset(needs)]
+    """The optional x86-64 levels a CPU with these /proc/cpuinfo flags cannot run (a level
+    needs the flags of every level below it too)."""
+    needed: set[str] = set()
+    lacking = []
+    for level, own in OPTIONAL_X86_LEVELS.items():
+        needed.update(own)
+        if not flags.issuperset(needed):
+            lacking.append(level)
+    return lacking
 
 
 def level_macros(omitted: list[str]) -> list[str]:

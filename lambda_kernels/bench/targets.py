@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .._build_config import cpu_flags
 from .measure import pair_ratios
 from .presets import PRESETS
 
@@ -186,19 +187,6 @@ def _text(value: Optional[float], unit: str, pairs: Optional[dict] = None) -> st
         text += (f" [{100 * q25:.0f}-{100 * q75:.0f}%]" if percent else
                  f" [{q25:.2f}-{q75:.2f}]")
     return text
-
-
-def cpu_flags() -> set:
-    """This CPU's flags (/proc/cpuinfo 'flags' or 'Features'; empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        pass
-    return set()
 
 
 def evaluate(targets: list[Target], rows: list[dict], cases: list, device_type: str,
