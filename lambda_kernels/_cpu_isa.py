@@ -39,8 +39,9 @@ def cpu_isa() -> str:
 
 
 def cpu_isa_levels() -> dict[str, Optional[str]]:
-    """Every level compiled into the extension, lowest first: None if this CPU runs it, else
-    why not."""
+    """Every level of this architecture, lowest first: None if this CPU runs it, else why not
+    (what the CPU lacks, or that this build left the level out: a JIT build compiles the
+    levels of the CPU it ran on)."""
     ops = _ops()
     return {level: (ops.cpu_isa_unsupported(level) or None) for level in ops.cpu_isa_levels()}
 
@@ -50,8 +51,8 @@ def set_cpu_isa(level: str) -> str:
     CPU lacks it."""
     levels = cpu_isa_levels()
     if level not in levels:
-        raise ValueError(f"level must be one of {list(levels)} (the levels compiled into "
-                         f"this build), got {level!r}")
+        raise ValueError(f"level must be one of {list(levels)} (this architecture's "
+                         f"levels), got {level!r}")
     if levels[level] is not None:
         raise ValueError(f"cannot use the {level!r} CPU kernels: {levels[level]}")
     return _ops().set_cpu_isa(level)

@@ -67,7 +67,9 @@ const CpuKernels& kernels_neon();
 #endif
 
 const char* isa_name(CpuIsa isa);
-// Levels compiled into this binary, lowest first.
+// Every level of this architecture, lowest first (what cpu_isa_levels lists).
+std::vector<CpuIsa> architecture_isas();
+// Levels compiled into this binary, lowest first (a JIT build may leave some out).
 std::vector<CpuIsa> compiled_isas();
 // Empty when this CPU can run `isa`, else why not.
 std::string isa_unsupported_reason(CpuIsa isa);

@@ -6,7 +6,8 @@
 //
 // Ops (no tensors; registered with the schemas in csrc/ops.cpp):
 //   cpu_isa() -> str                      the active level
-//   cpu_isa_levels() -> str[]             levels compiled into this binary, lowest first
+//   cpu_isa_levels() -> str[]             every level of this architecture, lowest first (one
+//                                         not compiled into this build is refused, saying so)
 //   cpu_isa_unsupported(str) -> str       "" when this CPU can run the level, else why not
 //   set_cpu_isa(str) -> str               make a level active; returns the previous one
 #include <torch/library.h>
@@ -40,6 +41,16 @@ const char* isa_name(CpuIsa isa) {
     case CpuIsa::kAmx: return "amx";
   }
   return "unknown";
+}
+
+// Every level of this architecture, lowest first: what cpu_isa_levels lists, so a caller sees
+// the same names whichever build it has (a level left out below is refused with the reason).
+std::vector<CpuIsa> architecture_isas() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Bf16, CpuIsa::kAmx};
+#else
+  return {CpuIsa::kNeon};
+#endif
 }
 
 // A JIT build leaves out the optional x86-64 levels its CPU cannot run (LK_WITHOUT_<LEVEL>,
@@ -225,7 +236,7 @@ std::string cpu_isa_op() { return isa_name(active_isa()); }
 
 std::vector<std::string> cpu_isa_levels_op() {
   std::vector<std::string> names;
-  for (CpuIsa isa : compiled_isas()) names.emplace_back(isa_name(isa));
+  for (CpuIsa isa : architecture_isas()) names.emplace_back(isa_name(isa));
   return names;
 }
 
