@@ -3,8 +3,9 @@
 // tile_amx.h use the amx_* functions defined here — a scalar model of the tile unit — instead
 // of the AMX intrinsics. Everything else (the avx512_bf16 code the level shares: the pair kernel
 // for two vector operands, the content lambda, packing) is the real code, compiled for
-// AVX-512 + AVX512_BF16 as on that level; only bf16 is instantiated (the dtypes the AMX code
-// serves).
+// AVX-512 + AVX512_BF16 as on that level (or, where the CPU lacks them, through the AVX-512
+// model of tests/avx512_emulation.h: LK_EMULATE_AVX512); only bf16 is instantiated (the
+// dtypes the AMX code serves).
 //
 // Built and run by tests/test_amx_emulation.py: the test compiles this file's text with
 // torch.utils.cpp_extension.load_inline (csrc/ on the include path) and checks the four entry
@@ -33,6 +34,7 @@
 #include <string>
 
 #include "cpu/kernel_prelude.h"
+#include "bf16_model.h"
 
 namespace amx_model {
 
@@ -59,14 +61,8 @@ inline Tile& configured_tile(int t) {
   return tile;
 }
 
-inline float bf16_to_float_daz(uint16_t bits) {
-  if ((bits & 0x7f80) == 0) bits &= 0x8000;  // denormal (or zero) -> signed zero
-  const uint32_t word = uint32_t(bits) << 16;
-  float f;
-  std::memcpy(&f, &word, sizeof(f));
-  return f;
-}
-inline float flush(float f) { return std::fpclassify(f) == FP_SUBNORMAL ? std::copysign(0.0f, f) : f; }
+using bf16_model::flush_denormal;
+using bf16_model::float_of_bf16_daz;
 
 }  // namespace amx_model
 
@@ -138,17 +134,17 @@ inline void amx_dot_bf16() {
   for (int m = 0; m < c.rows; ++m) {
     float tmp[16];
     std::memcpy(tmp, c.bytes[m], sizeof(tmp));
-    for (float& v : tmp) v = flush(v);
+    for (float& v : tmp) v = flush_denormal(v);
     for (int k = 0; k < a.colsb / 4; ++k) {
       uint16_t a_pair[2], b_pair[2];
       std::memcpy(a_pair, a.bytes[m] + 4 * k, 4);
       for (int n = 0; n < c.colsb / 4; ++n) {
         std::memcpy(b_pair, b.bytes[k] + 4 * n, 4);
         // products of two bf16 are exact in fp32; each sum rounds (RNE, the default mode)
-        volatile float p0 = bf16_to_float_daz(a_pair[0]) * bf16_to_float_daz(b_pair[0]);
-        tmp[n] = flush(tmp[n] + p0);
-        volatile float p1 = bf16_to_float_daz(a_pair[1]) * bf16_to_float_daz(b_pair[1]);
-        tmp[n] = flush(tmp[n] + p1);
+        volatile float p0 = float_of_bf16_daz(a_pair[0]) * float_of_bf16_daz(b_pair[0]);
+        tmp[n] = flush_denormal(tmp[n] + p0);
+        volatile float p1 = float_of_bf16_daz(a_pair[1]) * float_of_bf16_daz(b_pair[1]);
+        tmp[n] = flush_denormal(tmp[n] + p1);
       }
     }
     std::memcpy(out.bytes[m], tmp, size_t(c.colsb));
@@ -157,11 +153,19 @@ inline void amx_dot_bf16() {
   ++dots;
 }
 
-// The level, as isa_amx.cpp builds it, bf16 only.
+// The level, as isa_amx.cpp builds it, bf16 only: compiled for AVX-512 + AVX512_BF16, or, with
+// LK_EMULATE_AVX512 (a CPU without them), with the AVX-512 intrinsics through their models
+// (tests/avx512_emulation.h; no register holds 64 bytes there, so the tiles' register pins
+// become memory operands).
+#if defined(LK_EMULATE_AVX512)
+#include "avx512_emulation.h"
+#define LK_VECTOR_REGISTER(v) "+m"(v)
+#else
+#define LK_VECTOR_REGISTER(v) "+v"(v)
+#endif
 #define LK_VECTOR_BYTES 64
 #define LK_TILE_ROWS 4
 #define LK_TILE_COLS 6
-#define LK_VECTOR_REGISTER(v) "+v"(v)
 #define LK_ISA_NAME "amx-emulated"
 #define LK_BF16_PAIRS 1
 #define LK_AMX 1
@@ -169,8 +173,10 @@ inline void amx_dot_bf16() {
 #define LK_DISPATCH_FLOATING(dtype, name, ...) \
   AT_DISPATCH_SWITCH(dtype, name, AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
+#if !defined(LK_EMULATE_AVX512)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")
+#endif
 namespace lambda_kernels {
 namespace cpu {
 namespace amx_emulated {
@@ -178,53 +184,35 @@ namespace amx_emulated {
 }  // namespace amx_emulated
 }  // namespace cpu
 }  // namespace lambda_kernels
+#if !defined(LK_EMULATE_AVX512)
 #pragma GCC pop_options
+#endif
 
-namespace lkc = lambda_kernels::cpu;
+#include "emulated_kernel_calls.h"
 
-// The op wrappers' allocation (csrc/cpu/ops_cpu.cpp), for bf16 inputs.
+namespace {
+const lambda_kernels::cpu::CpuKernels& kKernels = lambda_kernels::cpu::amx_emulated::kKernels;
+}  // namespace
+
+// The four ops for bf16 inputs (the direct kernels: the spectral method computes in fp32
+// whatever the level).
 std::vector<at::Tensor> emu_content_lambda(at::Tensor keys, at::Tensor values) {
-  keys = keys.contiguous();
-  values = values.contiguous();
-  const auto f32 = keys.options().dtype(at::kFloat);
-  at::Tensor stats = at::empty({keys.size(0), keys.size(1), keys.size(2)}, f32);
-  at::Tensor partial = at::empty({keys.size(0), keys.size(1), keys.size(2), values.size(2)}, f32);
-  lkc::amx_emulated::kKernels.content_lambda(keys, values, partial, stats);
-  return {partial.sum(1).to(keys.scalar_type()), stats};
+  return emulated_calls::content_lambda(kKernels, keys, values);
 }
 
 std::vector<at::Tensor> emu_content_lambda_backward(at::Tensor d_lam, at::Tensor keys,
                                                     at::Tensor values, at::Tensor stats) {
-  keys = keys.contiguous();
-  values = values.contiguous();
-  at::Tensor d_keys = at::empty_like(keys), d_values = at::empty_like(values);
-  lkc::amx_emulated::kKernels.content_lambda_backward(d_lam.to(at::kFloat).contiguous(), keys,
-                                                      values, stats.contiguous(), d_keys,
-                                                      d_values);
-  return {d_keys, d_values};
+  return emulated_calls::content_lambda_backward(kKernels, d_lam, keys, values, stats);
 }
 
 at::Tensor emu_lambda_output(at::Tensor q, at::Tensor values, at::Tensor pos_table,
                              at::Tensor lam) {
-  q = q.contiguous();
-  at::Tensor y = at::empty({q.size(0), q.size(1), values.size(2), q.size(3), q.size(4)},
-                           q.options());
-  lkc::amx_emulated::kKernels.lambda_output(q, values.contiguous(), pos_table.contiguous(),
-                                            lam.contiguous(), y);
-  return y;
+  return emulated_calls::lambda_output(kKernels, false, q, values, pos_table, lam);
 }
 
 std::vector<at::Tensor> emu_lambda_output_backward(at::Tensor dy, at::Tensor q, at::Tensor values,
                                                    at::Tensor pos_table, at::Tensor lam) {
-  q = q.contiguous();
-  values = values.contiguous();
-  pos_table = pos_table.contiguous();
-  lam = lam.contiguous();
-  at::Tensor d_q = at::empty_like(q), d_values = at::empty_like(values);
-  at::Tensor d_pos_table = at::empty_like(pos_table), d_lam = at::empty_like(lam);
-  lkc::amx_emulated::kKernels.lambda_output_backward(dy.contiguous(), q, values, pos_table, lam,
-                                                     d_q, d_values, d_pos_table, d_lam);
-  return {d_q, d_values, d_pos_table, d_lam};
+  return emulated_calls::lambda_output_backward(kKernels, false, dy, q, values, pos_table, lam);
 }
 
 // (configurations loaded, releases, tdpbf16ps executed) since the last call, all threads.

@@ -530,9 +530,79 @@ def compile_emulation(name: str, source_path: str, functions, build_directory: s
         pytest.skip("csrc/ not available (tests run outside a source checkout)")
     with open(source_path) as f:
         source = f.read()
+    tests = os.path.dirname(os.path.abspath(__file__))  # the emulations' shared headers
     return cpp_extension.load_inline(
-        name, cpp_sources=[source], functions=list(functions), extra_include_paths=[csrc],
+        name, cpp_sources=[source], functions=list(functions), extra_include_paths=[csrc, tests],
         extra_cflags=list(extra_cflags), build_directory=build_directory, verbose=False)
+
+
+# ---------------------------------------------------------------- emulated CPU levels
+# Shapes at the CPU kernels' tile borders, for the emulations of levels this CPU may lack
+# (tests/test_amx_emulation.py, tests/test_avx512_emulation.py): (B, heads, k, u, v, H, W, Rh,
+# Rw), with the positional sums' association forward / backward.
+EMULATION_CASES = [
+    (1, 2, 3, 2, 5, 5, 7, 5, 3),      # odd k, tiny: λp form / λp form
+    (2, 4, 17, 1, 33, 6, 19, 3, 5),   # k > 16, v > 32, W = 19 (two vectors): logits / logits
+    (1, 1, 35, 2, 18, 4, 5, 9, 11),   # k = 35 (two K blocks), window > image: logits / logits
+    (1, 6, 2, 1, 3, 5, 6, 3, 3),      # many heads, few channels: λp form / λp form
+    (1, 2, 9, 3, 7, 3, 17, 7, 23),    # wide window (38 columns > 16 rows of W): logits / λp
+]
+
+
+def emulation_case_id(case) -> str:
+    return "b{}h{}k{}u{}v{}_{}x{}_r{}x{}".format(*case)
+
+
+def emulation_references(case, dtype):
+    """Inputs (float64), the output gradients dy and d_lam, and every op output and gradient of
+    the reference in float64 and in `dtype` (the tolerance rule's two references), by name."""
+    from lambda_kernels.reference import content_lambda, positional_lambda
+    b, h, k, u, v, hh, ww, rh, rw = case
+    g = torch.Generator().manual_seed(sum(case))
+
+    def rand(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    inputs = dict(q=rand(b, h, k, hh, ww), keys=rand(b, u, k, hh, ww, scale=2.0),
+                  values=rand(b, u, v, hh, ww), pos=rand(rh, rw, k, u, scale=0.5),
+                  lam=rand(b, k, v))
+    dy, d_lam = rand(b, h, v, hh, ww), rand(b, k, v)
+
+    def run(dt):
+        t = {name: x.to(dt).requires_grad_() for name, x in inputs.items()}
+        y = (torch.einsum("bhkyx,bkv->bhvyx", t["q"], t["lam"])
+             + torch.einsum("bhkyx,bkvyx->bhvyx", t["q"], positional_lambda(t["values"], t["pos"])))
+        d_q, d_v, d_pos, d_l = torch.autograd.grad(y, [t["q"], t["values"], t["pos"], t["lam"]],
+                                                   dy.to(dt))
+        lam_c = content_lambda(t["keys"], t["values"])
+        d_keys, d_v_c = torch.autograd.grad(lam_c, [t["keys"], t["values"]], d_lam.to(dt))
+        lse = torch.logsumexp(t["keys"].detach().to(torch.promote_types(dt, torch.float32))
+                              .flatten(3), dim=-1)
+        return {"y": y, "d_q": d_q, "d_values": d_v, "d_pos_table": d_pos, "d_lam": d_l,
+                "lam_c": lam_c, "stats": lse, "d_keys": d_keys, "d_values_content": d_v_c}
+
+    return inputs, dy, d_lam, run(torch.float64), run(dtype)
+
+
+def check_emulated_ops(lambda_output, lambda_output_backward, content_lambda,
+                       content_lambda_backward, case, dtype):
+    """The four CPU kernel entry points of an emulated level (callables taking the op inputs,
+    as tests/emulated_kernel_calls.h does) on `case` in `dtype`: every output and gradient
+    against the float64 reference by the tolerance rule of `dtype` (stats, the log-sum-exp, is
+    returned in the accumulation dtype)."""
+    inputs, dy, d_lam, ref64, ref_dt = emulation_references(case, dtype)
+    c = {name: x.to(dtype) for name, x in inputs.items()}
+    y = lambda_output(c["q"], c["values"], c["pos"], c["lam"])
+    d_q, d_v, d_pos, d_l = lambda_output_backward(dy.to(dtype), c["q"], c["values"], c["pos"],
+                                                  c["lam"])
+    lam_c, stats = content_lambda(c["keys"], c["values"])
+    d_keys, d_v_c = content_lambda_backward(d_lam.to(dtype), c["keys"], c["values"], stats)
+    got = {"y": y, "d_q": d_q, "d_values": d_v, "d_pos_table": d_pos, "d_lam": d_l,
+           "lam_c": lam_c, "stats": stats, "d_keys": d_keys, "d_values_content": d_v_c}
+    for name, value in got.items():
+        expected = torch.promote_types(dtype, torch.float32) if name == "stats" else dtype
+        assert value.dtype == expected, f"{name}: {value.dtype}"
+        assert_close_rule(name, value, ref64[name].detach(), ref_dt[name].detach(), dtype)
 
 
 def assert_compiled_matches_eager(layer, compiled, x, backend):
