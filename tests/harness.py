@@ -605,6 +605,27 @@ def check_emulated_ops(lambda_output, lambda_output_backward, content_lambda,
         assert_close_rule(name, value, ref64[name].detach(), ref_dt[name].detach(), dtype)
 
 
+def check_emulated_same_bits_across_threads(lambda_output, lambda_output_backward, dtype,
+                                            around_each_run=contextlib.nullcontext):
+    """The positional forward and backward of an emulated level (callables as for
+    check_emulated_ops) give the same bits at 1 and 2 ATen threads, as every level must.
+    `around_each_run()` is entered around each run (the AMX test checks its tile counters)."""
+    inputs, dy, _, _, _ = emulation_references(EMULATION_CASES[1], dtype)
+    c = {name: x.to(dtype) for name, x in inputs.items()}
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with around_each_run():
+                results.append([lambda_output(c["q"], c["values"], c["pos"], c["lam"])]
+                               + list(lambda_output_backward(dy.to(dtype), c["q"], c["values"],
+                                                             c["pos"], c["lam"])))
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
 def assert_compiled_matches_eager(layer, compiled, x, backend):
     """A compiled twin of `layer` ran the same back end and gives the eager output and input
     gradient (of sum(y²)) up to the compilers' reassociation."""

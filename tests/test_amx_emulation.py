@@ -17,6 +17,7 @@ tests/test_backends.py (target cpu-amx).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 
@@ -70,20 +71,13 @@ def test_amx_level_emulated_on_worker_threads(emulated):
     """Tile state is per thread: with 2 ATen threads the workers must load their own
     configuration (the model faults otherwise), and the results repeat bit for bit whatever the
     thread count."""
-    inputs, dy, _, _, _ = harness.emulation_references(harness.EMULATION_CASES[1], torch.bfloat16)
-    c = {name: x.to(torch.bfloat16) for name, x in inputs.items()}
-    results = []
-    previous = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            emulated.emu_amx_counters()
-            results.append([emulated.emu_lambda_output(c["q"], c["values"], c["pos"], c["lam"])]
-                           + list(emulated.emu_lambda_output_backward(
-                               dy.to(torch.bfloat16), c["q"], c["values"], c["pos"], c["lam"])))
-            configs, releases, dots = emulated.emu_amx_counters()
-            assert configs == releases > 0 and dots > 0
-    finally:
-        torch.set_num_threads(previous)
-    for one, two in zip(*results):
-        assert torch.equal(one, two)
+    @contextlib.contextmanager
+    def tiles_configured_and_released():
+        emulated.emu_amx_counters()  # reset
+        yield
+        configs, releases, dots = emulated.emu_amx_counters()
+        assert configs == releases > 0 and dots > 0
+
+    harness.check_emulated_same_bits_across_threads(
+        emulated.emu_lambda_output, emulated.emu_lambda_output_backward, torch.bfloat16,
+        tiles_configured_and_released)

@@ -82,22 +82,9 @@ def test_avx512_level_emulated(emulated, level, dtype, method, case):
 def test_avx512_emulated_levels_repeat_bit_for_bit_across_threads(emulated):
     """The kernels' partition over ATen threads does not change the bits (as on every level)."""
     level = "avx512_bf16" if _level_reason("avx512_bf16") is not None else "avx512"
-    inputs, dy, _, _, _ = harness.emulation_references(harness.EMULATION_CASES[1], torch.bfloat16)
-    c = {name: x.to(torch.bfloat16) for name, x in inputs.items()}
-    results = []
-    previous = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append([emulated.emu_lambda_output(level, False, c["q"], c["values"], c["pos"],
-                                                       c["lam"])]
-                           + list(emulated.emu_lambda_output_backward(
-                               level, False, dy.to(torch.bfloat16), c["q"], c["values"],
-                               c["pos"], c["lam"])))
-    finally:
-        torch.set_num_threads(previous)
-    for one, two in zip(*results):
-        assert torch.equal(one, two)
+    harness.check_emulated_same_bits_across_threads(
+        lambda *a: emulated.emu_lambda_output(level, False, *a),
+        lambda *a: emulated.emu_lambda_output_backward(level, False, *a), torch.bfloat16)
 
 
 # ---------------------------------------------------------------- the models themselves
