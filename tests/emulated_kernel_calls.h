@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "checks.h"  // accumulation_dtype: the kernels' accumulation type, as the ops use it
 #include "cpu/kernel_prelude.h"
 
 // The kernels' scratch allocator (csrc/cpu/buffer_cache.cpp, part of the extension, which also
@@ -31,7 +32,7 @@ inline std::vector<at::Tensor> content_lambda(const CpuKernels& kernels, at::Ten
                                               at::Tensor values) {
   keys = keys.contiguous();
   values = values.contiguous();
-  const auto acc = keys.options().dtype(at::toOpMathType(keys.scalar_type()));
+  const auto acc = keys.options().dtype(lambda_kernels::accumulation_dtype(keys.scalar_type()));
   at::Tensor stats = at::empty({keys.size(0), keys.size(1), keys.size(2)}, acc);
   at::Tensor partial = at::empty({keys.size(0), keys.size(1), keys.size(2), values.size(2)}, acc);
   kernels.content_lambda(keys, values, partial, stats);
