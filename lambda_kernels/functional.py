@@ -151,6 +151,8 @@ def _select_untraced(requested: str, device_type: str, dtype: torch.dtype) -> Se
         reason = candidate.can_run(device_type, dtype)
         if reason is None:
             return Selection(candidate.name, candidate.variant())
+        if isinstance(reason, backends.BadSetting):
+            raise BackendUnavailableError(f"back end {candidate.name!r}: {reason}")
         reasons.append(f"{candidate.name}: {reason}")
     raise BackendUnavailableError(f"no back end can run on {device_type}: " + "; ".join(reasons))
 

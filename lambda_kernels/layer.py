@@ -16,6 +16,8 @@ A sequence is an image of height 1: LambdaLayer1d runs the same op and kernels o
 from __future__ import annotations
 
 import contextlib
+import numbers
+import operator
 from typing import Optional
 
 import torch
@@ -37,16 +39,16 @@ class _LambdaBase(nn.Module):
                  dim_out: Optional[int], dim_u: int, stride: int, backend: str):
         super().__init__()
         dim_out = dim if dim_out is None else dim_out
-        for name, value in (("dim", dim), ("dim_k", dim_k), ("heads", heads), ("dim_out", dim_out),
-                            ("dim_u", dim_u), ("stride", stride)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        dim, dim_k, heads, dim_out, dim_u, stride = (
+            _positive_int(name, value) for name, value in (
+                ("dim", dim), ("dim_k", dim_k), ("heads", heads), ("dim_out", dim_out),
+                ("dim_u", dim_u), ("stride", stride)))
         if dim_out % heads != 0:
             raise ValueError(f"dim_out ({dim_out}) must be divisible by heads ({heads})")
         if (n is None) == (r is None):
             raise ValueError("give exactly one of n (global context) and r (local context), got "
                              f"n={n!r}, r={r!r}")
-        self._check_context(n, r)
+        n, r = self._context(n, r)
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
 
@@ -66,13 +68,10 @@ class _LambdaBase(nn.Module):
         self.last_backend_variant: Optional[str] = None
 
     @staticmethod
-    def _check_context(n, r) -> None:
-        """Raise ValueError unless the given one of n and r is valid for this layer."""
-        if r is not None and (not isinstance(r, int) or isinstance(r, bool) or r < 1
-                              or r % 2 == 0):
-            raise ValueError(f"r must be a positive odd integer, got {r!r}")
-        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+    def _context(n, r):
+        """(n, r) as ints (None for the one not given); ValueError unless valid."""
+        return (None if n is None else _positive_int("n", n),
+                None if r is None else _positive_int("r", r, odd=True))
 
     def _add_projections(self, conv: type, norm: type) -> None:
         """The 1×1 query/key/value projections and the query/value batch norms (lambda-networks'
@@ -199,12 +198,21 @@ class _LambdaBase(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         self._check_dtype(x)
+        names = ("H", "W") if self.spatial_rank == 2 else ("L",)
+        self._check_map_size(x, names)
         if not self.local_contexts and max(x.shape[2:]) > self.n:
-            names = ("H", "W") if self.spatial_rank == 2 else ("L",)
             sizes = ", ".join(f"{name}={size}" for name, size in zip(names, x.shape[2:]))
             raise ValueError(f"global context with n={self.n} takes {', '.join(names)} <= "
                              f"{self.n}; x has {sizes} (build the layer with "
                              f"n >= {max(x.shape[2:])})")
+
+    def _check_map_size(self, x, names) -> None:
+        """Every map size at least 1, and at least the stride (the pooling's window), said
+        before the lambda runs."""
+        sizes = ", ".join(f"{name}={size}" for name, size in zip(names, x.shape[2:]))
+        if min(x.shape[2:]) < max(1, self.stride):
+            need = "at least 1" if self.stride == 1 else f"at least stride = {self.stride}"
+            raise ValueError(f"x must have {', '.join(names)} {need}, got {sizes}")
 
     def _check_dtype(self, x) -> None:
         """Outside autocast the projections need x in their weight's dtype (as a Conv2d does):
@@ -242,6 +250,21 @@ class _LambdaBase(nn.Module):
             return False
         self._check_input(x)
         return True
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value, *, odd: bool = False) -> int:
+    """value as a Python int: any integer type (NumPy's too, which lambda-networks' constructor
+    takes), not a bool; ValueError naming the argument unless positive (and odd)."""
+    if _is_integer(value):
+        value = operator.index(value)
+        if value >= 1 and (not odd or value % 2 == 1):
+            return value
+    kind = "positive odd integer" if odd else "positive integer"
+    raise ValueError(f"{name} must be a {kind}, got {value!r}")
 
 
 def _eval_batch_norm_affine(norm: nn.Module):
@@ -314,13 +337,14 @@ class LambdaLayer(_LambdaBase):
         super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
                          stride=stride, backend=backend)
         self._add_projections(nn.Conv2d, nn.BatchNorm2d)
+        r, n = self.r, self.n
         if self.local_contexts:
-            self.pos_conv = nn.Conv3d(dim_u, dim_k, (1, r, r), padding=(0, r // 2, r // 2))
+            self.pos_conv = nn.Conv3d(self.u, self.dim_k, (1, r, r), padding=(0, r // 2, r // 2))
         else:
-            self.rel_pos_emb = nn.Parameter(torch.randn(2 * n - 1, 2 * n - 1, dim_k, dim_u))
+            self.rel_pos_emb = nn.Parameter(torch.randn(2 * n - 1, 2 * n - 1, self.dim_k, self.u))
         # No index tensors: the kernels address the table by offset, so upstream's (n², n², 2)
         # rel_pos gather index is never built (it alone is 268 MB at n = 64).
-        self.pool = nn.AvgPool2d(stride, stride) if stride > 1 else nn.Identity()
+        self.pool = nn.AvgPool2d(self.stride, self.stride) if self.stride > 1 else nn.Identity()
 
     def position_table(self, height: int, width: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(pos_table (Rh, Rw, k, u), bias) for an H×W input, as views of the parameters."""
@@ -355,11 +379,12 @@ class LambdaLayer1d(_LambdaBase):
         super().__init__(dim, dim_k=dim_k, n=n, r=r, heads=heads, dim_out=dim_out, dim_u=dim_u,
                          stride=stride, backend=backend)
         self._add_projections(nn.Conv1d, nn.BatchNorm1d)
+        r, n = self.r, self.n
         if self.local_contexts:
-            self.pos_conv = nn.Conv2d(dim_u, dim_k, (1, r), padding=(0, r // 2))
+            self.pos_conv = nn.Conv2d(self.u, self.dim_k, (1, r), padding=(0, r // 2))
         else:
-            self.rel_pos_emb = nn.Parameter(torch.randn(2 * n - 1, dim_k, dim_u))
-        self.pool = nn.AvgPool1d(stride, stride) if stride > 1 else nn.Identity()
+            self.rel_pos_emb = nn.Parameter(torch.randn(2 * n - 1, self.dim_k, self.u))
+        self.pool = nn.AvgPool1d(self.stride, self.stride) if self.stride > 1 else nn.Identity()
 
     def position_table(self, height: int, width: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(pos_table (1, Rw, k, u), bias) for a sequence of length `width` (height is 1)."""
@@ -373,16 +398,24 @@ class LambdaLayer1d(_LambdaBase):
         return self.pool(self._lambda(x))
 
 
-def _triple(name: str, value, *, odd: bool) -> tuple[int, int, int]:
-    """(t, h, w) from an int (the same for all three) or a 3-tuple of positive (odd) ints."""
-    items = (value,) * 3 if isinstance(value, int) and not isinstance(value, bool) else value
+def _triple(value) -> tuple[int, int, int]:
+    """(t, h, w) of a checked context: an int (the same for all three) or a 3-tuple."""
+    return (value,) * 3 if isinstance(value, int) else value
+
+
+def _context3d(name: str, value, *, odd: bool):
+    """value as an int or a tuple of 3 ints (as given); ValueError naming the argument unless
+    positive (and odd)."""
+    if _is_integer(value):
+        return _positive_int(name, value, odd=odd)
     kind = "odd integer" if odd else "integer"
-    if not isinstance(items, (tuple, list)) or len(items) != 3 or any(
-            not isinstance(i, int) or isinstance(i, bool) or i < 1 or (odd and i % 2 == 0)
-            for i in items):
-        raise ValueError(f"{name} must be a positive {kind} or a (t, h, w) tuple of positive "
-                         f"{kind}s, got {value!r}")
-    return tuple(items)
+    if isinstance(value, (tuple, list)) and len(value) == 3 and all(map(_is_integer, value)):
+        try:
+            return tuple(_positive_int(name, item, odd=odd) for item in value)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a positive {kind} or a (t, h, w) tuple of positive "
+                     f"{kind}s, got {value!r}")
 
 
 class LambdaLayer3d(_LambdaBase):
@@ -407,23 +440,21 @@ class LambdaLayer3d(_LambdaBase):
                          stride=stride, backend=backend)
         self._add_projections(nn.Conv3d, nn.BatchNorm3d)
         if self.local_contexts:
-            self.window = _triple("r", r, odd=True)
+            self.window = _triple(self.r)
             rt, rh, rw = self.window
-            self.pos_conv = nn.Conv3d(dim_u, dim_k, self.window,
+            self.pos_conv = nn.Conv3d(self.u, self.dim_k, self.window,
                                       padding=(rt // 2, rh // 2, rw // 2))
         else:
-            self.context_size = _triple("n", n, odd=False)
+            self.context_size = _triple(self.n)
             nt, nh, nw = self.context_size
             self.rel_pos_emb = nn.Parameter(
-                torch.randn(2 * nt - 1, 2 * nh - 1, 2 * nw - 1, dim_k, dim_u))
-        self.pool = nn.AvgPool3d(stride, stride) if stride > 1 else nn.Identity()
+                torch.randn(2 * nt - 1, 2 * nh - 1, 2 * nw - 1, self.dim_k, self.u))
+        self.pool = nn.AvgPool3d(self.stride, self.stride) if self.stride > 1 else nn.Identity()
 
     @staticmethod
-    def _check_context(n, r) -> None:
-        if r is not None:
-            _triple("r", r, odd=True)
-        if n is not None:
-            _triple("n", n, odd=False)
+    def _context(n, r):
+        return (None if n is None else _context3d("n", n, odd=False),
+                None if r is None else _context3d("r", r, odd=True))
 
     def position_table(self, frames: int, height: int, width: int
                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -457,6 +488,7 @@ class LambdaLayer3d(_LambdaBase):
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         self._check_dtype(x)
+        self._check_map_size(x, ("T", "H", "W"))
         if not self.local_contexts and any(s > c for s, c in zip(x.shape[2:], self.context_size)):
             nt, nh, nw = self.context_size
             raise ValueError(f"global context with n=({nt}, {nh}, {nw}) takes T <= {nt}, "

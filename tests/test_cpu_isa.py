@@ -144,6 +144,18 @@ def test_environment_variable_with_a_bad_level_fails_clearly():
         timeout=300)
     # the back end reports the bad knob as its reason instead of being chosen
     assert reason.returncode == 0 and "LAMBDA_KERNELS_CPU_ISA" in reason.stdout, reason.stderr
+    # ... and `auto` (the layer's default) raises it rather than run the slow reference
+    auto = subprocess.run(
+        [sys.executable, "-c", "import torch, lambda_kernels as lk\n"
+         "layer = lk.LambdaLayer(4, dim_k=2, r=3)\n"
+         "try:\n    layer(torch.randn(1, 4, 5, 5))\n"
+         "except lk.BackendUnavailableError as error:\n    print('refused:', error)\n"
+         "print('ran:', layer.last_backend)\n"],
+        env=dict(os.environ, LAMBDA_KERNELS_CPU_ISA="avx1024"), capture_output=True, text=True,
+        timeout=300)
+    assert auto.returncode == 0, auto.stderr[-2000:]
+    assert "refused:" in auto.stdout and "avx1024" in auto.stdout, auto.stdout
+    assert "ran: None" in auto.stdout, auto.stdout
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")

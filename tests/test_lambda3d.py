@@ -346,6 +346,20 @@ def test_layer_rejects_bad_arguments_and_inputs():
         LambdaLayer3d(4, dim_k=2, r=3)(torch.randn(1, 4, 5, 5))
     with pytest.raises(ValueError, match=r"takes T <= 2, H <= 5, W <= 5; x has T=3"):
         LambdaLayer3d(4, dim_k=2, n=(2, 5, 5))(torch.randn(1, 4, 3, 5, 5))
+    with pytest.raises(ValueError, match=r"x must have T, H, W at least stride = 2, got T=1"):
+        LambdaLayer3d(4, dim_k=2, r=3, stride=2)(torch.randn(1, 4, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"x must have T, H, W at least 1, got T=2, H=0, W=3"):
+        LambdaLayer3d(4, dim_k=2, r=3)(torch.randn(1, 4, 2, 0, 3))
+
+
+def test_layer_takes_numpy_integers():
+    """As the 2-D layer (tests/test_validation.py): any integer type, stored as int."""
+    import numpy as np
+    layer = LambdaLayer3d(np.int64(4), dim_k=np.int32(2), r=(np.int64(3), 5, np.uint8(1)),
+                          stride=np.int64(2))
+    assert layer.window == (3, 5, 1) and all(type(r) is int for r in layer.window)
+    assert tuple(layer.pos_conv.weight.shape) == (2, 1, 3, 5, 1)
+    assert LambdaLayer3d(4, dim_k=2, n=np.int64(3)).context_size == (3, 3, 3)
 
 
 # ------------------------------------------------------------------------------ torch.compile

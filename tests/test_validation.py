@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness import make_inputs
-from lambda_kernels import LambdaLayer, lambda_op
+from lambda_kernels import LambdaLayer, LambdaLayer1d, lambda_op
 
 
 def _inputs(**kw):
@@ -60,6 +60,28 @@ def test_layer_constructor_rejects(kwargs, pattern):
         LambdaLayer(**kwargs)
 
 
+@pytest.mark.parametrize("layer_class, context", [(LambdaLayer, "r"), (LambdaLayer, "n"),
+                                                   (LambdaLayer1d, "r")])
+def test_layer_constructor_takes_numpy_integers(layer_class, context):
+    """lambda-networks' constructor takes NumPy integers (configs read from arrays or YAML);
+    the drop-in takes them too, and builds the same layer as with Python ints."""
+    import numpy as np
+    args = dict(dim=12, dim_k=4, heads=2, dim_u=2, dim_out=8, stride=1, **{context: 5})
+    plain = layer_class(**args)
+    numpy_args = {name: (np.int64 if i % 2 else np.int32)(value)
+                  for i, (name, value) in enumerate(args.items())}
+    layer = layer_class(**numpy_args)
+    assert all(type(getattr(layer, name)) is int for name in ("dim", "dim_k", "heads", "u",
+                                                               "dim_out", context))
+    layer.load_state_dict(plain.state_dict())  # same names and shapes
+    x = torch.randn(2, 12, *((5, 4) if layer_class is LambdaLayer else (6,)))
+    torch.testing.assert_close(layer(x), plain(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"r must be a positive odd integer, got 4"):
+        layer_class(12, dim_k=4, r=np.int64(4))
+    with pytest.raises(ValueError, match=r"dim_k must be a positive integer, got .*4\.0"):
+        layer_class(12, dim_k=np.float64(4), r=3)
+
+
 def test_layer_forward_rejects_bad_input():
     layer = LambdaLayer(8, dim_k=4, n=5, heads=2)
     with pytest.raises(ValueError, match=r"x must have shape \(B, dim, H, W\) with dim = 8"):
@@ -74,5 +96,12 @@ def test_layer_forward_rejects_bad_input():
         layer([1.0])
     with pytest.raises(TypeError, match=r"x has dtype torch.float64; the layer's parameters"):
         layer(torch.randn(1, 8, 5, 5, dtype=torch.float64))
+    # maps the lambda or the pooling cannot run on, refused before the lambda runs
+    with pytest.raises(ValueError, match=r"x must have H, W at least 1, got H=0, W=5"):
+        layer(torch.randn(1, 8, 0, 5))
+    with pytest.raises(ValueError, match=r"x must have H, W at least stride = 2, got H=1, W=5"):
+        LambdaLayer(8, dim_k=4, r=3, stride=2)(torch.randn(2, 8, 1, 5))
+    with pytest.raises(ValueError, match=r"x must have L at least 1, got L=0"):
+        LambdaLayer1d(8, dim_k=4, r=3)(torch.randn(2, 8, 0))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts: no dtype check
         assert layer(torch.randn(1, 8, 5, 5, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._cpu_isa import cpu_isa
-from . import Backend, dtype_reason, register
+from . import Backend, BadSetting, dtype_reason, register
 from ._extension import extension_ops, extension_reason
 
 
@@ -18,7 +18,7 @@ def _can_run(device_type: str, dtype: torch.dtype):
     try:  # a bad LAMBDA_KERNELS_CPU_ISA surfaces here, with what is wrong
         cpu_isa()
     except RuntimeError as error:
-        return str(error).splitlines()[0]
+        return BadSetting(str(error).splitlines()[0])
     return dtype_reason(BACKEND, dtype)
 
 
