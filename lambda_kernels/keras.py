@@ -1,4 +1,5 @@
-"""A Keras 3 LambdaLayer: the lambda layer of LambdaNetworks for Keras models, channels-last.
+"""A Keras 3 LambdaLayer: the lambda layer of LambdaNetworks for Keras models, channels-last
+(whatever keras.config.image_data_format() says).
 
     LambdaLayer(dim_k=16, r=15, heads=4)   x (B, H, W, C) -> y (B, H / stride, W / stride, dim_out)
 
@@ -35,6 +36,9 @@ import numpy as np
 from keras import ops
 
 _KERAS_OPS = "keras"  # backend= value that picks the keras.ops implementation on any backend
+# Passed to every data-format-dependent layer and op (their default is the global
+# keras.config.image_data_format(), which may be "channels_first").
+_DATA_FORMAT = "channels_last"
 
 
 def _positive_int(name: str, value) -> None:
@@ -99,10 +103,14 @@ class LambdaLayer(keras.layers.Layer):
         self.dim, self.dim_v = dim, dim_out // self.heads
         k, u, v, h = self.dim_k, self.dim_u, self.dim_v, self.heads
         policy = self.dtype_policy
+        fmt = _DATA_FORMAT  # not the global image_data_format(): the layer is channels-last
         # Sub-layers and weights are created in one order on every backend: weight files match.
-        self.to_q = keras.layers.Conv2D(k * h, 1, use_bias=False, name="to_q", dtype=policy)
-        self.to_k = keras.layers.Conv2D(k * u, 1, use_bias=False, name="to_k", dtype=policy)
-        self.to_v = keras.layers.Conv2D(v * u, 1, use_bias=False, name="to_v", dtype=policy)
+        self.to_q = keras.layers.Conv2D(k * h, 1, use_bias=False, data_format=fmt, name="to_q",
+                                        dtype=policy)
+        self.to_k = keras.layers.Conv2D(k * u, 1, use_bias=False, data_format=fmt, name="to_k",
+                                        dtype=policy)
+        self.to_v = keras.layers.Conv2D(v * u, 1, use_bias=False, data_format=fmt, name="to_v",
+                                        dtype=policy)
         # torch BatchNorm2d: running = 0.9 running + 0.1 batch, eps 1e-5.
         self.norm_q = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5,
                                                       name="norm_q", dtype=policy)
@@ -117,7 +125,7 @@ class LambdaLayer(keras.layers.Layer):
         if self.local_contexts:
             # Upstream's Conv3D(dim_k, (1, r, r)) over values laid out (B, v, H, W, u).
             self.pos_conv = keras.layers.Conv3D(k, (1, self.r, self.r), padding="same",
-                                                name="pos_conv", dtype=policy)
+                                                data_format=fmt, name="pos_conv", dtype=policy)
             self.pos_conv.build((None, None, None, None, u))
         else:
             self.rel_pos_emb = self.add_weight(
@@ -194,7 +202,8 @@ class LambdaLayer(keras.layers.Layer):
         else:
             y = self._ops_lambda(q, keys, values, kernel, bias, hh, ww)
         if self.stride > 1:
-            y = ops.average_pool(y, self.stride, self.stride, padding="valid")
+            y = ops.average_pool(y, self.stride, self.stride, padding="valid",
+                                 data_format=_DATA_FORMAT)
         return y
 
     def _fused_lambda(self, q, keys, values, kernel, bias):
@@ -230,7 +239,8 @@ class LambdaLayer(keras.layers.Layer):
         # a convolution with the value channels folded into the batch.
         folded = ops.reshape(ops.transpose(ops.reshape(values, (-1, hh, ww, u, v)),
                                            (0, 4, 1, 2, 3)), (-1, hh, ww, u))
-        lam_p = ops.conv(folded, ops.cast(kernel, f32), strides=1, padding="same")
+        lam_p = ops.conv(folded, ops.cast(kernel, f32), strides=1, padding="same",
+                         data_format=_DATA_FORMAT)
         if bias is not None:
             lam_p = lam_p + ops.cast(bias, f32)
         lam_p = ops.reshape(lam_p, (-1, v, hh * ww, k))

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._cpu_gemm import cpu_gemm_is_native
-from .models import create_model, list_models
+from .functional import BackendUnavailableError, select_backend
+from .models import create_model, get_config, list_models
 from .training import at_least_float32, autocast, train_step
 
 CHECKPOINT_FORMAT = 1
@@ -210,7 +211,10 @@ def setup_distributed(device_arg: str) -> tuple[Distributed, torch.device]:
                        int(os.environ.get("LOCAL_RANK", "0")))
     if device_arg == "auto":
         device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
+    try:
+        device = torch.device(device_arg)
+    except RuntimeError as exc:  # a malformed device string
+        raise ValueError(f"--device {device_arg!r}: {exc}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda but torch.cuda.is_available() is False")
@@ -304,8 +308,31 @@ def parse_model_args(items: list[str]) -> dict:
 def build_model(args, data: ImageData) -> nn.Module:
     kwargs = dict(num_classes=data.num_classes, in_chans=data.in_chans,
                   img_size=args.image_size, backend=args.backend)
-    kwargs.update(parse_model_args(args.model_arg))
+    overrides = parse_model_args(args.model_arg)
+    # The model must fit the data (a different num_classes fails in the loss, in_chans in the
+    # stem) and run the back end that was checked: these come from the flags, not --model-arg.
+    for key, source in (("num_classes", f"--dataset {data.name}"),
+                        ("in_chans", f"--dataset {data.name}"), ("backend", "--backend")):
+        if key in overrides and overrides[key] != kwargs[key]:
+            raise ValueError(f"--model-arg {key}={overrides[key]!r}: {source} sets "
+                             f"{key}={kwargs[key]!r}; leave {key} out of --model-arg")
+    kwargs.update(overrides)
+    try:
+        get_config(args.model, **kwargs)
+    except (TypeError, ValueError) as exc:  # unknown names, bad values: a bad --model-arg
+        raise ValueError(f"--model-arg: {exc}") from None
     return create_model(args.model, **kwargs)
+
+
+def check_backend(name: str, device: torch.device, dtype: Optional[torch.dtype]) -> None:
+    """Raise ValueError naming --backend if `name` cannot run the model's lambda layers on
+    `device` in `dtype` (None: float32): caught here, not at the first forward."""
+    # The choice depends only on (name, device type, dtype): an empty tensor stands for q.
+    probe = torch.empty(0, dtype=dtype or torch.float32, device=device)
+    try:
+        select_backend(probe, probe, probe, probe, backend=name)
+    except (ValueError, BackendUnavailableError) as exc:
+        raise ValueError(f"--backend {name}: {exc} (device {device})") from None
 
 
 def build_optimizer(args, model: nn.Module) -> torch.optim.Optimizer:
@@ -434,6 +461,13 @@ def _check_args(args) -> None:
     for name in ("epochs", "batch_size", "image_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    # torch takes [0, 1]; 1 makes every target uniform, so nothing could be learned.
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise ValueError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.warmup_epochs < 0:
+        raise ValueError(f"--warmup-epochs must be >= 0, got {args.warmup_epochs}")
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.lr <= 0:
@@ -445,11 +479,12 @@ def _check_args(args) -> None:
 def run(args) -> list[dict]:
     """Train as `args` says; returns the history (one record per finished epoch)."""
     _check_args(args)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     dist, device = setup_distributed(args.device)
     log = print if dist.is_main else (lambda *a, **k: None)
     dtype = amp_dtype(args, device)
+    check_backend(args.backend, device, dtype)
     if dtype is not None and device.type == "cpu" and not cpu_gemm_is_native(dtype):
         warnings.warn(f"--amp: torch has no native {str(dtype).replace('torch.', '')} GEMM or "
                       "convolution on this CPU (oneDNN runs bf16 on AVX-512 and Arm BF16 "
@@ -557,12 +592,12 @@ def run(args) -> list[dict]:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         run(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"lambda-train: error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))  # "lambda-train: error: ...", exit status 2
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -295,6 +295,31 @@ def check_config_round_trip():
     assert layer.dim_out is None and layer.dim_v == 3  # dim_out defaults to the channels
 
 
+def check_channels_first_global_format():
+    """The layer is channels-last whatever keras.config.image_data_format() says: built and
+    called under "channels_first", or built under "channels_last" and called after the switch,
+    it gives the channels-last outputs (local, global and strided configurations)."""
+    for cfg in CONFIGS:
+        tl = torch_layer(cfg)
+        x = random_x(cfg)
+        for path in PATHS:
+            built_last = keras_layer(cfg, path)
+            load_torch_state_dict(built_last, tl)
+            expected = to_numpy(apply(built_last, x))
+            keras.config.set_image_data_format("channels_first")
+            try:
+                built_first = keras_layer(cfg, path)
+                load_torch_state_dict(built_first, tl)
+                outputs = {"built channels_first": to_numpy(apply(built_first, x)),
+                           "called after the switch": to_numpy(apply(built_last, x))}
+            finally:
+                keras.config.set_image_data_format("channels_last")
+            for how, y in outputs.items():
+                assert y.shape == expected.shape, f"{cfg} {path} {how}: {y.shape}"
+                np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6,
+                                           err_msg=f"{cfg} {path} {how}")
+
+
 def digits_model():
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
@@ -418,6 +443,7 @@ CHECKS = {
     "weight_conversion_round_trip": check_weight_conversion_round_trip,
     "mixed_bfloat16": check_mixed_bfloat16,
     "dynamic_shapes": check_dynamic_shapes,
+    "channels_first_global_format": check_channels_first_global_format,
     "config_round_trip": check_config_round_trip,
     "fit_digits": check_fit_digits,
     "save_load": check_save_load,

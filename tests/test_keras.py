@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "keras_checks.py")
 CHECKS = ["reference_inference", "reference_training_gradients", "batch_norm_statistics",
           "weight_conversion_round_trip", "mixed_bfloat16", "dynamic_shapes",
-          "config_round_trip", "fit_digits", "save_load", "bad_input"]
+          "channels_first_global_format", "config_round_trip", "fit_digits", "save_load",
+          "bad_input"]
 BACKENDS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow"}
 
 

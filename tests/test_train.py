@@ -108,21 +108,72 @@ def test_cifar10_reader_and_augmentation(tmp_path):
     assert len(history) == 1 and history[0]["val_loss"] > 0
 
 
+def _cli_error(argv, capsys) -> str:
+    """main(argv) ends as an argparse error (exit status 2, no traceback); its stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "usage: lambda-train" in err and "lambda-train: error: " in err, err
+    assert "Traceback" not in err
+    return err
+
+
 def test_bad_arguments_name_the_argument(tmp_path, capsys):
-    assert train.main(["--dataset", "cifar10", "--no-progress"]) == 2
-    assert "--dataset cifar10 needs --data" in capsys.readouterr().err
-    assert train.main(["--data", str(tmp_path), "--dataset", "cifar10"]) == 2
-    assert "no CIFAR-10 python batches" in capsys.readouterr().err
+    assert "--dataset cifar10 needs --data" in _cli_error(["--dataset", "cifar10",
+                                                           "--no-progress"], capsys)
+    assert "no CIFAR-10 python batches" in _cli_error(["--data", str(tmp_path), "--dataset",
+                                                       "cifar10"], capsys)
     with pytest.raises(ValueError, match="--model-arg must look like KEY=VALUE"):
         train.parse_model_args(["depths"])
-    with pytest.raises(TypeError, match="unknown LambdaResNet argument.*'widht'"):
+    with pytest.raises(ValueError, match="--model-arg: unknown LambdaResNet argument.*'widht'"):
         _run([*TINY_MODEL, "--model-arg", "widht=2", "--epochs", "1"])
-    assert train.main(["--epochs", "0"]) == 2
-    assert "--epochs must be >= 1" in capsys.readouterr().err
-    assert train.main(["--resume", str(tmp_path / "missing.pt")]) == 2
-    assert "no such checkpoint" in capsys.readouterr().err
+    assert "--epochs must be >= 1" in _cli_error(["--epochs", "0"], capsys)
+    assert "no such checkpoint" in _cli_error(["--resume", str(tmp_path / "missing.pt")], capsys)
     assert train.parse_model_args(["depths=1,2,3,1", "act=silu", "r=None"]) == \
         {"depths": (1, 2, 3, 1), "act": "silu", "r": None}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model-arg", "foo=1"], "--model-arg: unknown LambdaResNet argument(s) 'foo'; known: "),
+    (["--model-arg", "r=4"], "--model-arg: r must be a positive odd integer"),
+    (["--model-arg", "num_classes=3"],
+     "--model-arg num_classes=3: --dataset digits sets num_classes=10; leave num_classes out"),
+    (["--model-arg", "in_chans=3"],
+     "--model-arg in_chans=3: --dataset digits sets in_chans=1; leave in_chans out"),
+    (["--model-arg", "backend=cuda"],
+     "--model-arg backend='cuda': --backend sets backend='reference'; leave backend out"),
+    (["--label-smoothing", "2"], "--label-smoothing must be in [0, 1), got 2.0"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1), got -0.1"),
+    (["--threads", "-1"], "--threads must be >= 1, got -1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0, got -1.0"),
+    (["--device", "cpu", "--backend", "cuda"],
+     "--backend cuda: backend 'cuda' cannot run these inputs: runs on cuda tensors, got cpu"),
+    (["--device", "cpu", "--backend", "nope"],
+     "--backend nope: backend must be 'auto' or one of ["),
+    (["--device", "nope"], "--device 'nope': "),
+])
+def test_bad_flags_are_argparse_errors(flags, message, capsys):
+    """Each bad flag is refused before training (exit status 2, the flag named), not a
+    traceback at the first step or a silently different run."""
+    # The last of a repeated flag counts: `flags` replace TINY_MODEL's --threads 1.
+    err = _cli_error([*TINY_MODEL, "--backend", "reference", "--epochs", "1", *flags], capsys)
+    assert message in err, err
+    assert "epoch 1/1" not in capsys.readouterr().out
+
+
+def test_model_args_repeating_the_dataset_are_accepted(capsys):
+    """--model-arg num_classes / in_chans / backend equal to what lambda-train sets change
+    nothing: the same losses as without them."""
+    base = [*TINY_MODEL, "--epochs", "1", "--batch-size", "32", "--val-fraction", "0.9",
+            "--backend", "cpu"]
+    plain = _run(base)
+    same = _run([*base, "--model-arg", "num_classes=10", "--model-arg", "in_chans=1",
+                 "--model-arg", "backend='cpu'"])
+    assert same[0]["step_losses"] == plain[0]["step_losses"]
+    assert same[0]["val_loss"] == plain[0]["val_loss"]
 
 
 def test_progress_bar_and_batches():

@@ -55,6 +55,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
 def _size(text: str):
     try:
         return S.parse_size(text)
@@ -66,15 +80,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     """Device, measurement and output options shared by the layer and model benchmarks."""
     g = p.add_argument_group("device")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
-    g.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs")
+    g.add_argument("--threads", type=_positive_int, help="torch.set_num_threads for CPU runs")
     g.add_argument("--cpu-isa", metavar="NAME",
                    help=f"force the instruction set of the cpu back end (sets {ENV_CPU_ISA} "
                         "before the kernels load; memory subprocesses inherit it), e.g. avx512, "
                         "avx2, baseline, neon")
     m = p.add_argument_group("measurement")
-    m.add_argument("--repeats", type=int, help="timed calls per measurement")
-    m.add_argument("--warmup", type=int, help="untimed calls before timing")
-    m.add_argument("--max-time", type=float,
+    m.add_argument("--repeats", type=_positive_int, help="timed calls per measurement")
+    m.add_argument("--warmup", type=_nonnegative_int, help="untimed calls before timing")
+    m.add_argument("--max-time", type=_nonnegative_float,
                    help="stop repeating once a measurement took this many seconds (>= 3 calls)")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write all results and metadata as JSON")
@@ -106,20 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=sorted(S.DTYPES), help="override the preset's dtype")
     g.add_argument("--list", action="store_true", help="list presets and providers and exit")
     s = p.add_argument_group("shape (overrides every case of the preset)")
-    s.add_argument("--batch", type=int)
-    s.add_argument("--dim", type=int, help="input channels")
-    s.add_argument("--dim-out", type=int, help="output channels (default: dim)")
+    s.add_argument("--batch", type=_positive_int)
+    s.add_argument("--dim", type=_positive_int, help="input channels")
+    s.add_argument("--dim-out", type=_positive_int, help="output channels (default: dim)")
     s.add_argument("--size", type=_size, metavar="HxW", help="image size, e.g. 56 or 32x48")
-    s.add_argument("--dim-k", type=int)
-    s.add_argument("--heads", type=int)
-    s.add_argument("--dim-u", type=int)
+    s.add_argument("--dim-k", type=_positive_int)
+    s.add_argument("--heads", type=_positive_int)
+    s.add_argument("--dim-u", type=_positive_int)
     ctx = s.add_mutually_exclusive_group()
-    ctx.add_argument("--r", type=int, help="local context size (odd)")
-    ctx.add_argument("--n", type=int, help="global context (H, W <= n)")
+    ctx.add_argument("--r", type=_positive_int, help="local context size (odd)")
+    ctx.add_argument("--n", type=_positive_int,
+                     help="global context (H, W <= n; kept by --sweep size)")
     _add_run_options(p)
     m = p.add_argument_group("layer measurement")
     m.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement")
-    m.add_argument("--mem-jobs", type=int, default=1,
+    m.add_argument("--mem-jobs", type=_positive_int, default=1,
                    help="CPU: memory subprocesses run at once (default 1)")
     m.add_argument("--no-peak", action="store_true",
                    help="skip the torch.mm rate measurement (no %%peak columns)")
@@ -145,13 +160,14 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help=f"comma list of models (default: all): {', '.join(M.MODEL_REGISTRY)}")
     g.add_argument("--baseline", metavar="NAME",
                    help="model for the speedup columns (default: timm-resnet26t)")
-    g.add_argument("--batch", type=int, default=8, help="images per step (default 8)")
-    g.add_argument("--image-size", type=int, default=256, help="square input size (default 256)")
+    g.add_argument("--batch", type=_positive_int, default=8, help="images per step (default 8)")
+    g.add_argument("--image-size", type=_positive_int, default=256,
+                   help="square input size (default 256)")
     g.add_argument("--dtype", choices=sorted(S.DTYPES),
                    help="float32 (default on CPU), or bfloat16 / float16 under autocast "
                         "(bfloat16 is the default on CUDA)")
     g.add_argument("--channels-last", action="store_true", help="channels_last models and input")
-    g.add_argument("--num-classes", type=int, default=1000)
+    g.add_argument("--num-classes", type=_positive_int, default=1000)
     g.add_argument("--list", action="store_true", help="list the models and exit")
     _add_run_options(p)
     return p
@@ -176,7 +192,7 @@ def make_cases(args, device: torch.device) -> tuple[S.Preset, list[S.Case]]:
     if args.sweep:
         values = (args.sweep_values or preset.sweep_values.get(args.sweep)
                   or S.DEFAULT_SWEEPS[args.sweep])
-        cases = S.sweep_cases(cases[0], args.sweep, values)
+        cases = S.sweep_cases(cases[0], args.sweep, values, n=args.n)
     for c in cases:
         c.check()
     return preset, cases
@@ -273,6 +289,17 @@ class Run:
     meta: dict = field(default_factory=dict)    # extra metadata
 
 
+def check_names(parser: argparse.ArgumentParser, flag: str, names: list[str], known,
+                aliases: str = "") -> None:
+    """Report through `parser` (exit status 2) names given to `flag` (--providers, --baseline)
+    that are not in `known`, or none at all: typos would otherwise only be error rows."""
+    listing = ", ".join(known) + aliases
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        what = f"unknown {', '.join(map(repr, unknown))}" if unknown else "no name given"
+        parser.error(f"{flag}: {what}; known: {listing}")
+
+
 def choose_baseline(requested: Optional[str], names: list[str]) -> tuple[str, Optional[str]]:
     """(baseline of the speed-up columns, a note when it is not the one asked for): the
     requested provider, else lambda-networks, else the first provider. Without lambda-networks
@@ -334,7 +361,8 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:
         return run_train_cli(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     console = make_console()
     if args.list:
         lines = []
@@ -350,11 +378,14 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
     try:
         preset, cases = make_cases(args, device)
     except ValueError as exc:
-        raise SystemExit(f"lambda-bench: {exc}")
+        parser.error(str(exc))
     if args.providers:
         names = P.resolve(args.providers.split(","))
+        check_names(parser, "--providers", names, P.REGISTRY, aliases=", or lambda, all")
     else:
         names = P.resolve(list(preset.providers) if preset.providers else None)
+    if args.baseline is not None:
+        check_names(parser, "--baseline", [args.baseline], P.REGISTRY)
     baseline, baseline_note = choose_baseline(args.baseline, names)
     if baseline not in names:
         names.append(baseline)
@@ -399,7 +430,8 @@ def run_cli(argv: Optional[list[str]] = None) -> dict:
 
 def run_train_cli(argv: list[str]) -> dict:
     """lambda-bench train: model throughput (see lambda_kernels/bench/models.py)."""
-    args = build_train_parser().parse_args(argv)
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
     console = make_console()
     if args.list:
         return _listed(console, [f"[bold]{name}[/]: {provider.description}"
@@ -411,8 +443,12 @@ def run_train_cli(argv: list[str]) -> dict:
     try:
         case.check()
     except ValueError as exc:
-        raise SystemExit(f"lambda-bench train: {exc}")
+        parser.error(str(exc))
     names = M.resolve(args.providers.split(",") if args.providers else None)
+    if args.providers:
+        check_names(parser, "--providers", names, M.MODEL_REGISTRY)
+    if args.baseline is not None:
+        check_names(parser, "--baseline", [args.baseline], M.MODEL_REGISTRY)
     baseline = args.baseline or ("timm-resnet26t" if "timm-resnet26t" in names else names[0])
     if baseline not in names:
         names.insert(0, baseline)

@@ -157,7 +157,8 @@ for _provider in (TimmModel("resnet26t"), TimmModel("halonet26t", size_multiple=
 
 
 def resolve(names: Optional[list[str]]) -> list[str]:
-    """Model provider names in order (all by default); unknown names stay (error rows)."""
+    """Model provider names in order (all by default); unknown names stay (error rows;
+    lambda-bench train refuses them)."""
     if not names:
         return list(MODEL_REGISTRY)
     return list(dict.fromkeys(n.strip() for n in names if n.strip()))

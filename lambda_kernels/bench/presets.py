@@ -92,6 +92,9 @@ class Case:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def check(self) -> None:
+        for name in ("batch", "dim", "dim_out", "height", "width", "dim_k", "heads", "dim_u"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dim_out % self.heads:
             raise ValueError(f"dim_out ({self.dim_out}) must be divisible by heads ({self.heads})")
         if (self.r is None) == (self.n is None):
@@ -235,11 +238,15 @@ def apply_overrides(case: Case, **over) -> Case:
     return Case.from_dict(d)
 
 
-def sweep_cases(base: Case, sweep: str, values: list[int]) -> list[Case]:
+def sweep_cases(base: Case, sweep: str, values: list[int],
+                n: Optional[int] = None) -> list[Case]:
+    """`base` at each size (square) or r of `values`. A size sweep of a global-context case
+    resizes n with the image, unless `n` (an explicit --n) is given: then every case keeps it
+    (and a size above it fails Case.check)."""
     out = []
     for v in values:
         if sweep == "size":
-            c = apply_overrides(base, size=(v, v))
+            c = apply_overrides(base, size=(v, v), n=n)
             c.label = f"{v}x{v}"
         elif sweep == "r":
             c = apply_overrides(base, r=v)

@@ -556,7 +556,7 @@ def default_names() -> list[str]:
 
 
 def resolve(names: Optional[list[str]]) -> list[str]:
-    """Provider names in order; unknown names stay (they become error rows)."""
+    """Provider names in order; unknown names stay (error rows; lambda-bench refuses them)."""
     if not names:
         return default_names()
     out = []
