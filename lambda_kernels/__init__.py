@@ -8,7 +8,8 @@ Public API:
     lambda_op3d               the same op over T×H×W volumes
     select_backend            which back end lambda_op would use for given inputs
     available_backends        every back end and why it cannot run here (None = runs)
-    BackendUnavailableError   raised when an explicitly requested back end cannot run
+    BackendUnavailableError   raised when an explicitly requested back end cannot run (or a
+                              back end's knob names what this machine cannot run)
     reference                 the pure-PyTorch ground truth (module)
     cpu_isa / cpu_isa_levels  the CPU instruction-set level the cpu back end runs / can run
     use_cpu_isa               force a level inside a `with` block (tests, benchmarks)

@@ -41,7 +41,8 @@ ENV_BACKEND = "LAMBDA_KERNELS_BACKEND"
 
 
 class BackendUnavailableError(RuntimeError):
-    """An explicitly requested back end cannot run the given inputs (the message says why)."""
+    """An explicitly requested back end cannot run the given inputs, or a back end's own knob
+    (LAMBDA_KERNELS_CPU_ISA) names a setting this machine cannot run (the message says why)."""
 
 
 def _shape(t: torch.Tensor) -> str:
