@@ -209,8 +209,10 @@ class _LambdaBase(nn.Module):
     def _check_map_size(self, x, names) -> None:
         """Every map size at least 1, and at least the stride (the pooling's window), said
         before the lambda runs."""
-        sizes = ", ".join(f"{name}={size}" for name, size in zip(names, x.shape[2:]))
-        if min(x.shape[2:]) < max(1, self.stride):
+        if any(size < max(1, self.stride) for size in x.shape[2:]):
+            # formatted only here: formatting a symbolic size (torch.compile, export) would
+            # specialise the graph to that size
+            sizes = ", ".join(f"{name}={size}" for name, size in zip(names, x.shape[2:]))
             need = "at least 1" if self.stride == 1 else f"at least stride = {self.stride}"
             raise ValueError(f"x must have {', '.join(names)} {need}, got {sizes}")
 
@@ -313,7 +315,12 @@ def _context_centre(table: torch.Tensor, context: tuple, sizes: tuple) -> torch.
         raise ValueError(f"global context with n={tuple(context)} takes an input no larger "
                          f"along each axis; it has {tuple(sizes)} (build the layer with a "
                          "larger n)")
-    return table[tuple(slice(n - s, n + s - 1) for n, s in zip(context, sizes))]
+    # Gathered, not sliced: a slice is contiguous exactly when s == n, and torch's symbolic
+    # shapes (torch.compile(dynamic=True), torch.export with dynamic sizes) guard on that, so a
+    # graph traced at s < n refused s == n. The centre is small (at most the table).
+    for axis, (n, s) in enumerate(zip(context, sizes)):
+        table = table.index_select(axis, torch.arange(n - s, n + s - 1, device=table.device))
+    return table
 
 
 # FX symbolic tracing records calls of these from this module as leaf nodes (the op validates

@@ -351,10 +351,14 @@ def test_compile_with_dynamic_hw_builds_one_graph_for_every_size(context, how):
 
 
 @needs_cpu
-def test_export_with_dynamic_hw_saves_loads_and_matches(tmp_path):
-    layer = LambdaLayer(8, dim_k=4, r=5, heads=2, dim_u=2).eval()
-    height, width = torch.export.Dim("height", min=2, max=64), torch.export.Dim("width", min=2,
-                                                                               max=64)
+@pytest.mark.parametrize("context", [{"r": 5}, {"n": 12}], ids=["local", "global"])
+def test_export_with_dynamic_hw_saves_loads_and_matches(tmp_path, context):
+    """Over the whole valid range: a global layer up to H = W = n (its table's centre is then
+    the whole table, which a traced slice would have guarded against)."""
+    layer = LambdaLayer(8, dim_k=4, heads=2, dim_u=2, **context).eval()
+    most = context.get("n", 64)
+    height, width = torch.export.Dim("height", min=2, max=most), torch.export.Dim("width", min=2,
+                                                                                 max=most)
     program = torch.export.export(layer, (torch.randn(2, 8, 6, 7),),
                                   dynamic_shapes={"x": {2: height, 3: width}})
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
@@ -364,7 +368,7 @@ def test_export_with_dynamic_hw_saves_loads_and_matches(tmp_path):
     path = tmp_path / "layer.pt2"
     torch.export.save(program, str(path))
     loaded = torch.export.load(str(path)).module()
-    for size in SIZES:
+    for size in SIZES + [(12, 12), (12, 3)]:
         x = torch.randn(2, 8, *size)
         torch.testing.assert_close(loaded(x), layer(x), rtol=1e-5, atol=1e-5)
 
