@@ -362,6 +362,23 @@ def test_layer_takes_numpy_integers():
     assert LambdaLayer3d(4, dim_k=2, n=np.int64(3)).context_size == (3, 3, 3)
 
 
+# ------------------------------------------------------------------------------ torch.export
+@pytest.mark.skipif(not CPU_RUNS, reason="cpu back end unavailable")
+@pytest.mark.parametrize("context", [{"r": 3}, {"n": (4, 6, 6)}], ids=["local", "global"])
+def test_export_with_dynamic_hw_matches_eager(context):
+    """One exported program for every H, W (up to n for global context) at the traced T: the
+    fused 2-D ops stay in the graph (README: T is static, its taps are chosen in Python)."""
+    layer = LambdaLayer3d(8, dim_k=4, heads=2, **context).eval()
+    height, width = torch.export.Dim("H", min=2, max=6), torch.export.Dim("W", min=2, max=6)
+    program = torch.export.export(layer, (torch.randn(2, 8, 4, 5, 5),),
+                                  dynamic_shapes={"x": {3: height, 4: width}})
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "lambda_kernels.lambda_output.default" in targets
+    for size in [(2, 6), (6, 6), (3, 4)]:
+        x = torch.randn(2, 8, 4, *size)
+        torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ torch.compile
 COMPILED_BACKENDS = ["cpu", "reference"] if CPU_RUNS else ["reference"]
 
