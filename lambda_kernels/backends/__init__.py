@@ -8,7 +8,8 @@ namespace, gives all four their derivatives, written with the backward ops) or
 add one: docs/design.md, "How to add a back end". Each has a
 `can_run(device_type, dtype)` that returns None when it can run inputs of that device type and
 dtype, or the reason it cannot ("not compiled", "no GPU", "dtype unsupported", "triton
-missing", ...; a `BadSetting` when the reason is a bad knob, which `auto` reports), and a `variant()` naming what would run (e.g. the CPU instruction set), or None.
+missing", ...; a `BadSetting` when the reason is a bad knob, which `auto` reports), and a
+`variant()` naming what would run (e.g. the CPU instruction set), or None.
 
 Back-end modules register themselves on import (see _BUILTIN below). `auto` tries, in priority
 order, the back ends whose `auto_devices` include the input's device type.
